@@ -1,0 +1,117 @@
+"""Real servers for the whole suite (STYLE.md §G).
+
+PostgreSQL and a Redis-compatible server come from `CLUB_TEST_PG_DSN` and
+`CLUB_TEST_REDIS_URL` when set, otherwise from the embedded wheels, started
+once per run. Every test gets its own database cloned from a template that
+holds the schemas listed in `TEMPLATE_SCHEMAS`, and a flushed Redis database.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from examples.devservices import DevServices, ServiceStartError, start_services
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# SQL files applied, in order, to the template database every test database
+# is cloned from. Files that do not exist yet are skipped, so a package can add
+# its schema here in the same commit that creates it.
+TEMPLATE_SCHEMAS: tuple[Path, ...] = (
+    ROOT / "examples" / "club_api" / "schema.sql",
+    ROOT / "legacy_compat" / "sql" / "outbox.sql",
+)
+
+
+def database_dsn(server_dsn: str, database: str) -> str:
+    """The DSN of another database on the same server."""
+    return urlunsplit(urlsplit(server_dsn)._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def dev_services() -> Iterator[DevServices]:
+    try:
+        services = start_services(
+            pg_dsn=os.environ.get("CLUB_TEST_PG_DSN") or None,
+            redis_url=os.environ.get("CLUB_TEST_REDIS_URL") or None,
+        )
+    except ServiceStartError as exc:
+        pytest.exit(f"{exc} (see CLUB_TEST_PG_DSN / CLUB_TEST_REDIS_URL)", returncode=3)
+    yield services
+    services.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn(dev_services: DevServices) -> str:
+    """DSN of the maintenance database on the test server (a role with CREATEDB)."""
+    return dev_services.pg_dsn
+
+
+@pytest.fixture(scope="session")
+def redis_url(dev_services: DevServices) -> str:
+    return dev_services.redis_url
+
+
+async def _create_template(server_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(database_dsn(server_dsn, name))
+    try:
+        for schema in TEMPLATE_SCHEMAS:
+            if schema.exists():
+                await conn.execute(schema.read_text(encoding="utf-8"))
+    finally:
+        await conn.close()
+
+
+async def _drop_database(server_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server_dsn: str) -> Iterator[str]:
+    """Name of the template database; unique per run so parallel runs never collide."""
+    import asyncio  # noqa: PLC0415
+
+    name = f"club_tpl_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_create_template(pg_server_dsn, name))
+    yield name
+    asyncio.run(_drop_database(pg_server_dsn, name))
+
+
+@pytest.fixture
+async def pg_dsn(pg_server_dsn: str, pg_template: str) -> AsyncIterator[str]:
+    """DSN of a fresh database for this test, cloned from the template."""
+    name = f"club_t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    finally:
+        await admin.close()
+    yield database_dsn(pg_server_dsn, name)
+    await _drop_database(pg_server_dsn, name)
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client on the test Redis database, flushed before and after the test."""
+    client = aioredis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
