@@ -10,7 +10,9 @@ from pathlib import Path
 
 def main() -> int:
     names = sys.argv[1:] or sorted(
-        info.name for info in pkgutil.iter_modules([str(Path(__file__).parent)]) if info.name.startswith("bench_")
+        info.name
+        for info in pkgutil.iter_modules([str(Path(__file__).parent)])
+        if info.name.startswith("bench_")
     )
     for name in names:
         print(f"== {name}", flush=True)

@@ -13,17 +13,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 __all__ = ["DevServices", "ServiceStartError", "start_services"]
 
 
 class ServiceStartError(RuntimeError):
     """A development server could not be started or reached."""
-
-
-class _Stoppable(Protocol):
-    def stop(self) -> None: ...
 
 
 @dataclass(slots=True, kw_only=True)
@@ -51,7 +47,8 @@ def _embedded_postgres(services: DevServices) -> str:
         raise ServiceStartError(msg) from exc
     tmp = Path(tempfile.mkdtemp(prefix="club-pg-"))
     services._tmpdirs.append(tmp)  # noqa: SLF001
-    server = embedded_postgres.get_server(tmp / "pgdata", cleanup_mode="delete")
+    # The package re-exports get_server without __all__, which mypy cannot see.
+    server = embedded_postgres.get_server(tmp / "pgdata", cleanup_mode="delete")  # type: ignore[attr-defined]
     services._stops.append(server.cleanup)  # noqa: SLF001
     return str(server.get_uri())
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import asyncpg
-import redis.asyncio as aioredis
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 
 async def test_each_test_gets_its_own_database(pg_dsn: str) -> None:
