@@ -1,1 +1,30 @@
-"""legacy_compat."""
+"""legacy_compat: what the legacy club-api and the new services share.
+
+TOML config, PgBank (raw SQL on asyncpg with the legacy codecs), the Packager
+cache format, PgQueue (LISTEN/NOTIFY and the durable outbox) and the
+cross-instance WebSocket hub. Everything public is listed in `__all__`.
+"""
+
+from __future__ import annotations
+
+from legacy_compat.errors import (
+    CompatError,
+    ConfigError,
+    DatabaseError,
+    HubError,
+    NotifyPayloadTooLarge,
+    PackagerError,
+    QueueError,
+    TransactionTimeout,
+)
+
+__all__ = [
+    "CompatError",
+    "ConfigError",
+    "DatabaseError",
+    "HubError",
+    "NotifyPayloadTooLarge",
+    "PackagerError",
+    "QueueError",
+    "TransactionTimeout",
+]
