@@ -22,7 +22,7 @@ def record(name: str, markdown: str) -> None:
     section = f"<!-- bench:{name} -->\n## {name}\n\n{stamp}\n\n{markdown.strip()}\n<!-- /bench:{name} -->\n"
     text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else HEADER
     pattern = re.compile(
-        rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->\n", re.S
+        rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->\n", re.DOTALL
     )
     text = (
         pattern.sub(lambda _: section, text)
