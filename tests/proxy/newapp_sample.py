@@ -1,0 +1,71 @@
+"""A tiny `new` application for proxy tests: ``tests.proxy.newapp_sample:create_app``.
+
+Routes: ``GET /api/users/{id}`` and ``POST /api/events/{id}/registrations``
+(both answer JSON describing what they saw), plus ``GET /api/state`` showing
+the resource its `cleanup_ctx` opened, so a test can tell whether the proxy
+started the app. `create_app(settings)` accepts the legacy Settings the proxy
+passes when routes.yaml gives `new.config_dir`; `SETTINGS_SEEN` holds them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+STATE = web.AppKey("state", dict)
+SETTINGS_SEEN = web.AppKey("settings_seen", object)
+
+
+async def _state_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    state["started"] = True
+    yield
+    state["stopped"] = True
+
+
+async def get_user(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "side": "new",
+            "handler": "get_user",
+            "id": request.match_info["id"],
+            "method": request.method,
+        }
+    )
+
+
+async def create_registration(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response(
+        {
+            "side": "new",
+            "handler": "create_registration",
+            "event_id": request.match_info["id"],
+            "body_size": len(body),
+        },
+        status=201,
+    )
+
+
+async def get_state(request: web.Request) -> web.Response:
+    return web.json_response({"side": "new", "state": request.app[STATE]})
+
+
+def create_app(settings: object | None = None) -> web.Application:
+    app = web.Application()
+    app[STATE] = {"started": False, "stopped": False}
+    app[SETTINGS_SEEN] = settings
+    app.cleanup_ctx.append(_state_ctx)
+    app.router.add_get("/api/users/{id}", get_user)
+    app.router.add_post("/api/events/{id:\\d+}/registrations", create_registration)
+    app.router.add_get("/api/state", get_state)
+    return app
+
+
+def not_an_app() -> str:
+    """A factory that returns the wrong type, for the check tests."""
+    return "not an app"
