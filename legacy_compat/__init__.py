@@ -7,6 +7,8 @@ cross-instance WebSocket hub. Everything public is listed in `__all__`.
 
 from __future__ import annotations
 
+from legacy_compat._cache import Cache, CacheStats
+from legacy_compat._packager import Packager
 from legacy_compat.errors import (
     CompatError,
     ConfigError,
@@ -19,11 +21,14 @@ from legacy_compat.errors import (
 )
 
 __all__ = [
+    "Cache",
+    "CacheStats",
     "CompatError",
     "ConfigError",
     "DatabaseError",
     "HubError",
     "NotifyPayloadTooLarge",
+    "Packager",
     "PackagerError",
     "QueueError",
     "TransactionTimeout",
