@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from examples.devservices import DevServices, ServiceStartError, start_services
+from legacy_compat import Settings, load_settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -118,3 +119,27 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     yield client
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, pg_dsn: str, redis_url: str) -> Path:
+    """A complete legacy config dir (settings.toml, pg.toml, info.toml) for this test's servers."""
+    root = tmp_path / "config"
+    root.mkdir()
+    (root / "settings.toml").write_text(
+        f'MAX_TRANSACTION_TIME = 5\nREDIS_URL = "{redis_url}"\nSECRET_KEY = "test-secret"\n',
+        encoding="utf-8",
+    )
+    (root / "pg.toml").write_text(
+        f'[club]\ndsn = "{pg_dsn}"\nmin_size = 1\nmax_size = 4\n\n'
+        '[club.server_settings]\napplication_name = "club-tests"\n',
+        encoding="utf-8",
+    )
+    (root / "info.toml").write_text('name = "club-api"\nversion = "0.0.0-test"\n', encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def settings(config_dir: Path) -> Settings:
+    """`load_settings(config_dir)` with no environment overrides."""
+    return load_settings(config_dir, environ={})

@@ -1,0 +1,439 @@
+"""The legacy TOML config (`app/config/*.toml`) as typed, frozen settings.
+
+A config dir holds `settings.toml` (flat UPPERCASE keys), `pg.toml` (one table
+per database) and `info.toml` (service metadata). Keys we model are typed and
+validated; other legacy keys are kept (`Settings.legacy`, `DatabaseSettings.extra`).
+A key that looks like a misspelt modelled key is an error, never an extra.
+
+Environment overrides are explicit, and every value remembers where it came from
+(`Settings.source_of`), because the legacy trap was an edit that silently did nothing:
+
+    CLUB_SETTINGS__<KEY>                      settings.toml KEY
+    CLUB_PG__<DB>__<KEY>                      pg.toml [db] key
+    CLUB_PG__<DB>__SERVER_SETTINGS__<GUC>     pg.toml [db.server_settings] guc
+    CLUB_INFO__<KEY>                          info.toml key
+
+An override must name a modelled key or a key the file already has; its text is
+converted to the type of the value it replaces. docs/config-and-pgbank.md has the rules.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote, urlsplit
+
+from legacy_compat.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["DatabaseSettings", "ServiceInfo", "Settings", "load_settings"]
+
+FILES: Final = ("settings.toml", "pg.toml", "info.toml")
+CONNECTION_PARTS: Final = ("host", "port", "user", "password", "database")
+DB_KEYS: Final = frozenset(
+    {"dsn", *CONNECTION_PARTS, "min_size", "max_size", "command_timeout", "statement_cache_size"}
+)
+SETTINGS_KEYS: Final = frozenset({"MAX_TRANSACTION_TIME", "REDIS_URL"})
+IDLE_GUC: Final = "idle_in_transaction_session_timeout"
+
+# One raw value and where it came from, e.g. (5, "settings.toml MAX_TRANSACTION_TIME").
+_Sourced = tuple[Any, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseSettings:
+    """One `[name]` table of pg.toml.
+
+    Attributes:
+        name: the table name (`bank.<name>`).
+        dsn: the connection URL (given, or built from host/port/user/password/database).
+        min_size, max_size: the asyncpg pool bounds.
+        command_timeout: per-query client timeout in seconds, None for none.
+        statement_cache_size: asyncpg's prepared statement cache (0 behind pgbouncer).
+        server_settings: startup GUCs, with the idle-in-transaction backstop filled in.
+        extra: legacy keys of the table that are not modelled.
+    """
+
+    name: str
+    dsn: str = field(repr=False)
+    min_size: int = 1
+    max_size: int = 10
+    command_timeout: float | None = None
+    statement_cache_size: int = 100
+    server_settings: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceInfo:
+    """info.toml: `name` and `version` when present, and every key in `values`."""
+
+    name: str = ""
+    version: str = ""
+    values: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything the legacy config dir says, typed.
+
+    Attributes:
+        config_dir: where the files were read from.
+        max_transaction_time: settings.toml `MAX_TRANSACTION_TIME`, seconds.
+        redis_url: settings.toml `REDIS_URL`.
+        databases: pg.toml, one entry per table.
+        info: info.toml.
+        legacy: settings.toml keys that are not modelled, as written.
+        sources: where each value came from, by dotted path (see `source_of`).
+    """
+
+    config_dir: Path
+    max_transaction_time: float
+    redis_url: str
+    databases: Mapping[str, DatabaseSettings]
+    info: ServiceInfo
+    legacy: Mapping[str, Any]
+    sources: Mapping[str, str] = field(repr=False)
+
+    def source_of(self, path: str) -> str:
+        """Where a value came from: `source_of("pg.club.dsn") == "pg.toml [club] dsn"`.
+
+        Paths are `settings.<KEY>`, `pg.<db>.<key>`, `pg.<db>.server_settings.<guc>`
+        and `info.<key>`, matched without regard to case.
+        """
+        found = self.sources.get(path.lower())
+        if found is None:
+            msg = f"no config value {path!r}; known: {', '.join(sorted(self.sources))}"
+            raise KeyError(msg)
+        return found
+
+
+def load_settings(
+    config_dir: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the three TOML files of `config_dir`, apply `CLUB_*` overrides, validate."""
+    root = Path(config_dir)
+    settings, pg, info = (_read_toml(root / name) for name in FILES)
+    raw = _Raw(
+        settings={k: (v, f"settings.toml {k}") for k, v in settings.items()},
+        pg={db: _pg_table(db, table) for db, table in pg.items()},
+        info={k: (v, f"info.toml {k}") for k, v in info.items()},
+    )
+    for name, text in (os.environ if environ is None else environ).items():
+        raw.override(name, text)
+    return raw.build(root)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        msg = f"{path}: config file is missing"
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"{path}: invalid TOML: {exc}"
+    raise ConfigError(msg)
+
+
+def _pg_table(db: str, table: object) -> dict[str, _Sourced]:
+    if not isinstance(table, dict):
+        msg = f"pg.toml {db}: value {table!r} is not a table; each database is a [name] table"
+        raise ConfigError(msg)
+    out = {k: (v, f"pg.toml [{db}] {k}") for k, v in table.items() if k != "server_settings"}
+    gucs = table.get("server_settings", {})
+    if not isinstance(gucs, dict):
+        msg = f"pg.toml [{db}] server_settings: value {gucs!r} is not a table"
+        raise ConfigError(msg)
+    for guc, value in gucs.items():
+        out[f"server_settings.{guc}"] = (value, f"pg.toml [{db}.server_settings] {guc}")
+    return out
+
+
+def _near(key: str, modelled: frozenset[str]) -> str | None:
+    """The modelled key `key` is probably a misspelling of, if any."""
+    if key in modelled:
+        return None
+    folded = {m.lower(): m for m in modelled}
+    if key.lower() in folded:
+        return folded[key.lower()]
+    close = difflib.get_close_matches(key, list(modelled), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _match(name: str, existing: Mapping[str, object], modelled: frozenset[str]) -> str | None:
+    """The real spelling of an env-given key: a modelled key or one the file has."""
+    for key in (*modelled, *existing):
+        if key.lower() == name.lower():
+            return key
+    return None
+
+
+def _convert(value: Any, kind: type, source: str, key: str) -> Any:
+    """`value` as `kind` (env text is parsed); ConfigError names the source and value."""
+    result = _coerce(value, kind)
+    if result is None:
+        shown = "<redacted>" if key == "password" else repr(_redact(value))
+        msg = f"{source}: value {shown} is not a valid {kind.__name__}"
+        raise ConfigError(msg)
+    return result
+
+
+_BOOL_TEXT: Final = {"true": True, "yes": True, "on": True, "1": True}
+_BOOL_TEXT.update(dict.fromkeys(("false", "no", "off", "0"), False))
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    """`value` as `kind`, or None when it is not one (bool is never a number)."""
+    if kind is str:
+        return value if isinstance(value, str) else None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if kind is bool:
+            return _BOOL_TEXT.get(text)
+        try:
+            value = kind(text)
+        except ValueError:
+            return None
+    if kind is bool or isinstance(value, bool):
+        return value if kind is bool and isinstance(value, bool) else None
+    if kind is int:
+        return value if isinstance(value, int) else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _redact(value: Any) -> Any:
+    """A DSN with its password replaced, for messages and logs."""
+    if isinstance(value, str) and "://" in value:
+        parts = urlsplit(value)
+        if parts.password:
+            return value.replace(f":{parts.password}@", ":***@", 1)
+    return value
+
+
+@dataclass(slots=True, kw_only=True)
+class _Raw:
+    """Raw values by key with their sources, before typing."""
+
+    settings: dict[str, _Sourced]
+    pg: dict[str, dict[str, _Sourced]]
+    info: dict[str, _Sourced]
+
+    def override(self, name: str, text: str) -> None:
+        """Apply one environment variable if it is a `CLUB_*__` override."""
+        head, _, rest = name.partition("__")
+        where = f"env {name}"
+        if head == "CLUB_SETTINGS" and rest:
+            key = _match(rest, self.settings, SETTINGS_KEYS)
+            self._put(
+                self.settings, key, text, where=where, file="settings.toml", modelled=SETTINGS_KEYS
+            )
+        elif head == "CLUB_INFO" and rest:
+            key = _match(rest, self.info, frozenset()) or rest.lower()
+            self._put(self.info, key, text, where=where, file="info.toml", modelled=frozenset())
+        elif head == "CLUB_PG" and rest:
+            db_name, _, key_name = rest.partition("__")
+            db = _match(db_name, self.pg, frozenset())
+            if db is None or not key_name:
+                msg = f"{where}: pg.toml has no database {db_name.lower()!r} (have: {', '.join(self.pg)})"
+                raise ConfigError(msg)
+            table = self.pg[db]
+            if key_name.upper().startswith("SERVER_SETTINGS__"):
+                guc = key_name.partition("__")[2]
+                gucs = {
+                    k.partition(".")[2]: v
+                    for k, v in table.items()
+                    if k.startswith("server_settings.")
+                }
+                key = "server_settings." + (_match(guc, gucs, frozenset()) or guc.lower())
+            else:
+                key = _match(key_name, table, DB_KEYS)
+            self._put(table, key, text, where=where, file=f"pg.toml [{db}]", modelled=DB_KEYS)
+
+    @staticmethod
+    def _put(
+        table: dict[str, _Sourced],
+        key: str | None,
+        text: str,
+        *,
+        where: str,
+        file: str,
+        modelled: frozenset[str],
+    ) -> None:
+        """Store an override; modelled keys are typed later, others take the file's type."""
+        if key is None:
+            msg = f"{where}: {file} has no such key and it is not a modelled setting"
+            raise ConfigError(msg)
+        if key not in modelled and key in table and not isinstance(table[key][0], str):
+            kind = type(table[key][0])
+            if kind not in {bool, int, float}:
+                msg = f"{where}: cannot override the {kind.__name__} {file} {key} from the environment"
+                raise ConfigError(msg)
+            table[key] = (_convert(text, kind, where, key), where)
+        else:
+            table[key] = (text, where)
+
+    def build(self, root: Path) -> Settings:
+        sources = {f"info.{k}".lower(): s for k, (_, s) in self.info.items()}
+        sources |= {f"settings.{k}".lower(): s for k, (_, s) in self.settings.items()}
+        for key in self.settings:
+            if (near := _near(key, SETTINGS_KEYS)) is not None:
+                msg = f"{self.settings[key][1]}: unknown key (did you mean {near}?)"
+                raise ConfigError(msg)
+        mtt = self._required(self.settings, "MAX_TRANSACTION_TIME", float, "settings.toml")
+        if mtt <= 0:
+            msg = f"{sources['settings.max_transaction_time']}: value {mtt!r} must be > 0"
+            raise ConfigError(msg)
+        redis_url = self._required(self.settings, "REDIS_URL", str, "settings.toml")
+        if urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
+            msg = f"{sources['settings.redis_url']}: value {redis_url!r} is not a redis:// URL"
+            raise ConfigError(msg)
+        if not self.pg:
+            msg = "pg.toml: no database table; add at least [club]"
+            raise ConfigError(msg)
+        databases = {db: _database(db, table, mtt, sources) for db, table in self.pg.items()}
+        info = {k: v for k, (v, _) in self.info.items()}
+        return Settings(
+            config_dir=root,
+            max_transaction_time=mtt,
+            redis_url=redis_url,
+            databases=MappingProxyType(databases),
+            info=ServiceInfo(
+                name=str(info.get("name", "")),
+                version=str(info.get("version", "")),
+                values=MappingProxyType(info),
+            ),
+            legacy=MappingProxyType(
+                {k: v for k, (v, _) in self.settings.items() if k not in SETTINGS_KEYS}
+            ),
+            sources=MappingProxyType(sources),
+        )
+
+    @staticmethod
+    def _required(table: dict[str, _Sourced], key: str, kind: type, file: str) -> Any:
+        if key not in table:
+            msg = f"{file}: required key {key} is missing"
+            raise ConfigError(msg)
+        value, source = table[key]
+        return _convert(value, kind, source, key)
+
+
+_DB_TYPES: Final[Mapping[str, type]] = {
+    "dsn": str,
+    "host": str,
+    "port": int,
+    "user": str,
+    "password": str,
+    "database": str,
+    "min_size": int,
+    "max_size": int,
+    "command_timeout": float,
+    "statement_cache_size": int,
+}
+
+
+def _database(
+    db: str, table: dict[str, _Sourced], mtt: float, sources: dict[str, str]
+) -> DatabaseSettings:
+    """Type and check one pg.toml table; records its sources into `sources`."""
+    typed: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    gucs: dict[str, str] = {}
+    for key, (value, source) in table.items():
+        sources[f"pg.{db}.{key}".lower()] = source
+        if key.startswith("server_settings."):
+            gucs[key.partition(".")[2]] = _guc_text(value, source)
+        elif key in DB_KEYS:
+            typed[key] = _convert(value, _DB_TYPES[key], source, key)
+        elif (near := _near(key, DB_KEYS)) is not None:
+            msg = f"{source}: unknown key (did you mean {near}?)"
+            raise ConfigError(msg)
+        else:
+            extra[key] = value
+    _check_numbers(db, typed, sources)
+    if not any(k.lower() == IDLE_GUC for k in gucs):
+        # Backstop for a client that cannot run its own guard (blocked loop, lost
+        # network): later than MAX_TRANSACTION_TIME so the guard normally wins.
+        gucs[IDLE_GUC] = str(math.ceil((mtt + max(mtt, 1.0)) * 1000))
+        sources[f"pg.{db}.server_settings.{IDLE_GUC}"] = (
+            "derived from settings.toml MAX_TRANSACTION_TIME"
+        )
+    dsn = _dsn(db, table, typed, sources)
+    for part in ("dsn", *CONNECTION_PARTS):
+        typed.pop(part, None)
+    return DatabaseSettings(
+        name=db,
+        dsn=dsn,
+        server_settings=MappingProxyType(gucs),
+        extra=MappingProxyType(extra),
+        **typed,
+    )
+
+
+def _guc_text(value: Any, source: str) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str | int | float):
+        return str(value)
+    msg = f"{source}: value {value!r} is not a string, number or boolean"
+    raise ConfigError(msg)
+
+
+def _check_numbers(db: str, typed: dict[str, Any], sources: dict[str, str]) -> None:
+    for key in ("min_size", "statement_cache_size", "port", "max_size", "command_timeout"):
+        floor = 1 if key in {"max_size", "port"} else 0
+        if key in typed and (typed[key] < floor or (key == "command_timeout" and typed[key] <= 0)):
+            msg = f"{sources[f'pg.{db}.{key}']}: value {typed[key]!r} is out of range"
+            raise ConfigError(msg)
+    if typed.get("min_size", 1) > typed.get("max_size", 10):
+        msg = f"pg.toml [{db}]: min_size {typed.get('min_size', 1)} is above max_size {typed.get('max_size', 10)}"
+        raise ConfigError(msg)
+
+
+def _dsn(
+    db: str, table: dict[str, _Sourced], typed: dict[str, Any], sources: dict[str, str]
+) -> str:
+    """The DSN, given or built; a part that the DSN would silently ignore is an error."""
+    parts = [p for p in CONNECTION_PARTS if p in typed]
+    if "dsn" in typed:
+        from_env = table["dsn"][1].startswith("env ")
+        shadowed = [p for p in parts if not from_env or table[p][1].startswith("env ")]
+        if shadowed:
+            msg = f"pg.toml [{db}]: dsn ({table['dsn'][1]}) and {', '.join(table[p][1] for p in shadowed)} both set the connection; keep one"
+            raise ConfigError(msg)
+        dsn: str = typed["dsn"]
+        if urlsplit(dsn).scheme not in {"postgres", "postgresql"}:
+            msg = f"{table['dsn'][1]}: value {_redact(dsn)!r} is not a postgresql:// URL"
+            raise ConfigError(msg)
+        return dsn
+    for needed in ("host", "database"):
+        if needed not in typed:
+            msg = f"pg.toml [{db}]: neither dsn nor {needed} is set"
+            raise ConfigError(msg)
+    user = quote(typed.get("user", ""), safe="")
+    auth = (
+        f"{user}:{quote(typed['password'], safe='')}@"
+        if "password" in typed
+        else f"{user}@"
+        if user
+        else ""
+    )
+    host, port, database = typed["host"], typed.get("port", 5432), quote(typed["database"], safe="")
+    # A host starting with "/" is a Unix socket directory, which libpq URLs put in the query.
+    url = (
+        f"postgresql://{auth}/{database}?host={quote(host)}&port={port}"
+        if host.startswith("/")
+        else f"postgresql://{auth}{host}:{port}/{database}"
+    )
+    sources[f"pg.{db}.dsn"] = "built from " + ", ".join(table[p][1] for p in parts)
+    return url
