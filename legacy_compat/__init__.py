@@ -7,7 +7,9 @@ cross-instance WebSocket hub. Everything public is listed in `__all__`.
 
 from __future__ import annotations
 
+from legacy_compat._cache import Cache, CacheStats
 from legacy_compat._config import DatabaseSettings, ServiceInfo, Settings, load_settings
+from legacy_compat._packager import Packager
 from legacy_compat.errors import (
     CompatError,
     ConfigError,
@@ -20,12 +22,15 @@ from legacy_compat.errors import (
 )
 
 __all__ = [
+    "Cache",
+    "CacheStats",
     "CompatError",
     "ConfigError",
     "DatabaseError",
     "DatabaseSettings",
     "HubError",
     "NotifyPayloadTooLarge",
+    "Packager",
     "PackagerError",
     "QueueError",
     "ServiceInfo",
