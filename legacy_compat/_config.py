@@ -19,16 +19,23 @@ converted to the type of the value it replaces. docs/config-and-pgbank.md has th
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
+from legacy_compat._config_values import (
+    DB_KEYS,
+    SETTINGS_KEYS,
+    Sourced,
+    convert,
+    database_fields,
+    match_key,
+    near_key,
+)
 from legacy_compat.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -37,15 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["DatabaseSettings", "ServiceInfo", "Settings", "load_settings"]
 
 FILES: Final = ("settings.toml", "pg.toml", "info.toml")
-CONNECTION_PARTS: Final = ("host", "port", "user", "password", "database")
-DB_KEYS: Final = frozenset(
-    {"dsn", *CONNECTION_PARTS, "min_size", "max_size", "command_timeout", "statement_cache_size"}
-)
-SETTINGS_KEYS: Final = frozenset({"MAX_TRANSACTION_TIME", "REDIS_URL"})
-IDLE_GUC: Final = "idle_in_transaction_session_timeout"
-
-# One raw value and where it came from, e.g. (5, "settings.toml MAX_TRANSACTION_TIME").
-_Sourced = tuple[Any, str]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,7 +144,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     raise ConfigError(msg)
 
 
-def _pg_table(db: str, table: object) -> dict[str, _Sourced]:
+def _pg_table(db: str, table: object) -> dict[str, Sourced]:
     if not isinstance(table, dict):
         msg = f"pg.toml {db}: value {table!r} is not a table; each database is a [name] table"
         raise ConfigError(msg)
@@ -160,90 +158,29 @@ def _pg_table(db: str, table: object) -> dict[str, _Sourced]:
     return out
 
 
-def _near(key: str, modelled: frozenset[str]) -> str | None:
-    """The modelled key `key` is probably a misspelling of, if any."""
-    if key in modelled:
-        return None
-    folded = {m.lower(): m for m in modelled}
-    if key.lower() in folded:
-        return folded[key.lower()]
-    close = difflib.get_close_matches(key, list(modelled), n=1, cutoff=0.8)
-    return close[0] if close else None
-
-
-def _match(name: str, existing: Mapping[str, object], modelled: frozenset[str]) -> str | None:
-    """The real spelling of an env-given key: a modelled key or one the file has."""
-    for key in (*modelled, *existing):
-        if key.lower() == name.lower():
-            return key
-    return None
-
-
-def _convert(value: Any, kind: type, source: str, key: str) -> Any:
-    """`value` as `kind` (env text is parsed); ConfigError names the source and value."""
-    result = _coerce(value, kind)
-    if result is None:
-        shown = "<redacted>" if key == "password" else repr(_redact(value))
-        msg = f"{source}: value {shown} is not a valid {kind.__name__}"
-        raise ConfigError(msg)
-    return result
-
-
-_BOOL_TEXT: Final = {"true": True, "yes": True, "on": True, "1": True}
-_BOOL_TEXT.update(dict.fromkeys(("false", "no", "off", "0"), False))
-
-
-def _coerce(value: Any, kind: type) -> Any:
-    """`value` as `kind`, or None when it is not one (bool is never a number)."""
-    if kind is str:
-        return value if isinstance(value, str) else None
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if kind is bool:
-            return _BOOL_TEXT.get(text)
-        try:
-            value = kind(text)
-        except ValueError:
-            return None
-    if kind is bool or isinstance(value, bool):
-        return value if kind is bool and isinstance(value, bool) else None
-    if kind is int:
-        return value if isinstance(value, int) else None
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
-
-
-def _redact(value: Any) -> Any:
-    """A DSN with its password replaced, for messages and logs."""
-    if isinstance(value, str) and "://" in value:
-        parts = urlsplit(value)
-        if parts.password:
-            return value.replace(f":{parts.password}@", ":***@", 1)
-    return value
-
-
 @dataclass(slots=True, kw_only=True)
 class _Raw:
     """Raw values by key with their sources, before typing."""
 
-    settings: dict[str, _Sourced]
-    pg: dict[str, dict[str, _Sourced]]
-    info: dict[str, _Sourced]
+    settings: dict[str, Sourced]
+    pg: dict[str, dict[str, Sourced]]
+    info: dict[str, Sourced]
 
     def override(self, name: str, text: str) -> None:
         """Apply one environment variable if it is a `CLUB_*__` override."""
         head, _, rest = name.partition("__")
         where = f"env {name}"
         if head == "CLUB_SETTINGS" and rest:
-            key = _match(rest, self.settings, SETTINGS_KEYS)
+            key = match_key(rest, self.settings, SETTINGS_KEYS)
             self._put(
                 self.settings, key, text, where=where, file="settings.toml", modelled=SETTINGS_KEYS
             )
         elif head == "CLUB_INFO" and rest:
-            key = _match(rest, self.info, frozenset()) or rest.lower()
+            key = match_key(rest, self.info, frozenset()) or rest.lower()
             self._put(self.info, key, text, where=where, file="info.toml", modelled=frozenset())
         elif head == "CLUB_PG" and rest:
             db_name, _, key_name = rest.partition("__")
-            db = _match(db_name, self.pg, frozenset())
+            db = match_key(db_name, self.pg, frozenset())
             if db is None or not key_name:
                 msg = f"{where}: pg.toml has no database {db_name.lower()!r} (have: {', '.join(self.pg)})"
                 raise ConfigError(msg)
@@ -255,14 +192,14 @@ class _Raw:
                     for k, v in table.items()
                     if k.startswith("server_settings.")
                 }
-                key = "server_settings." + (_match(guc, gucs, frozenset()) or guc.lower())
+                key = "server_settings." + (match_key(guc, gucs, frozenset()) or guc.lower())
             else:
-                key = _match(key_name, table, DB_KEYS)
+                key = match_key(key_name, table, DB_KEYS)
             self._put(table, key, text, where=where, file=f"pg.toml [{db}]", modelled=DB_KEYS)
 
     @staticmethod
     def _put(
-        table: dict[str, _Sourced],
+        table: dict[str, Sourced],
         key: str | None,
         text: str,
         *,
@@ -279,7 +216,7 @@ class _Raw:
             if kind not in {bool, int, float}:
                 msg = f"{where}: cannot override the {kind.__name__} {file} {key} from the environment"
                 raise ConfigError(msg)
-            table[key] = (_convert(text, kind, where, key), where)
+            table[key] = (convert(text, kind, where, key), where)
         else:
             table[key] = (text, where)
 
@@ -287,7 +224,7 @@ class _Raw:
         sources = {f"info.{k}".lower(): s for k, (_, s) in self.info.items()}
         sources |= {f"settings.{k}".lower(): s for k, (_, s) in self.settings.items()}
         for key in self.settings:
-            if (near := _near(key, SETTINGS_KEYS)) is not None:
+            if (near := near_key(key, SETTINGS_KEYS)) is not None:
                 msg = f"{self.settings[key][1]}: unknown key (did you mean {near}?)"
                 raise ConfigError(msg)
         mtt = self._required(self.settings, "MAX_TRANSACTION_TIME", float, "settings.toml")
@@ -301,7 +238,10 @@ class _Raw:
         if not self.pg:
             msg = "pg.toml: no database table; add at least [club]"
             raise ConfigError(msg)
-        databases = {db: _database(db, table, mtt, sources) for db, table in self.pg.items()}
+        databases = {
+            db: DatabaseSettings(**database_fields(db, table, mtt, sources))
+            for db, table in self.pg.items()
+        }
         info = {k: v for k, (v, _) in self.info.items()}
         return Settings(
             config_dir=root,
@@ -316,124 +256,13 @@ class _Raw:
             legacy=MappingProxyType(
                 {k: v for k, (v, _) in self.settings.items() if k not in SETTINGS_KEYS}
             ),
-            sources=MappingProxyType(sources),
+            sources=MappingProxyType({k.lower(): v for k, v in sources.items()}),
         )
 
     @staticmethod
-    def _required(table: dict[str, _Sourced], key: str, kind: type, file: str) -> Any:
+    def _required(table: dict[str, Sourced], key: str, kind: type, file: str) -> Any:
         if key not in table:
             msg = f"{file}: required key {key} is missing"
             raise ConfigError(msg)
         value, source = table[key]
-        return _convert(value, kind, source, key)
-
-
-_DB_TYPES: Final[Mapping[str, type]] = {
-    "dsn": str,
-    "host": str,
-    "port": int,
-    "user": str,
-    "password": str,
-    "database": str,
-    "min_size": int,
-    "max_size": int,
-    "command_timeout": float,
-    "statement_cache_size": int,
-}
-
-
-def _database(
-    db: str, table: dict[str, _Sourced], mtt: float, sources: dict[str, str]
-) -> DatabaseSettings:
-    """Type and check one pg.toml table; records its sources into `sources`."""
-    typed: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    gucs: dict[str, str] = {}
-    for key, (value, source) in table.items():
-        sources[f"pg.{db}.{key}".lower()] = source
-        if key.startswith("server_settings."):
-            gucs[key.partition(".")[2]] = _guc_text(value, source)
-        elif key in DB_KEYS:
-            typed[key] = _convert(value, _DB_TYPES[key], source, key)
-        elif (near := _near(key, DB_KEYS)) is not None:
-            msg = f"{source}: unknown key (did you mean {near}?)"
-            raise ConfigError(msg)
-        else:
-            extra[key] = value
-    _check_numbers(db, typed, sources)
-    if not any(k.lower() == IDLE_GUC for k in gucs):
-        # Backstop for a client that cannot run its own guard (blocked loop, lost
-        # network): later than MAX_TRANSACTION_TIME so the guard normally wins.
-        gucs[IDLE_GUC] = str(math.ceil((mtt + max(mtt, 1.0)) * 1000))
-        sources[f"pg.{db}.server_settings.{IDLE_GUC}"] = (
-            "derived from settings.toml MAX_TRANSACTION_TIME"
-        )
-    dsn = _dsn(db, table, typed, sources)
-    for part in ("dsn", *CONNECTION_PARTS):
-        typed.pop(part, None)
-    return DatabaseSettings(
-        name=db,
-        dsn=dsn,
-        server_settings=MappingProxyType(gucs),
-        extra=MappingProxyType(extra),
-        **typed,
-    )
-
-
-def _guc_text(value: Any, source: str) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, str | int | float):
-        return str(value)
-    msg = f"{source}: value {value!r} is not a string, number or boolean"
-    raise ConfigError(msg)
-
-
-def _check_numbers(db: str, typed: dict[str, Any], sources: dict[str, str]) -> None:
-    for key in ("min_size", "statement_cache_size", "port", "max_size", "command_timeout"):
-        floor = 1 if key in {"max_size", "port"} else 0
-        if key in typed and (typed[key] < floor or (key == "command_timeout" and typed[key] <= 0)):
-            msg = f"{sources[f'pg.{db}.{key}']}: value {typed[key]!r} is out of range"
-            raise ConfigError(msg)
-    if typed.get("min_size", 1) > typed.get("max_size", 10):
-        msg = f"pg.toml [{db}]: min_size {typed.get('min_size', 1)} is above max_size {typed.get('max_size', 10)}"
-        raise ConfigError(msg)
-
-
-def _dsn(
-    db: str, table: dict[str, _Sourced], typed: dict[str, Any], sources: dict[str, str]
-) -> str:
-    """The DSN, given or built; a part that the DSN would silently ignore is an error."""
-    parts = [p for p in CONNECTION_PARTS if p in typed]
-    if "dsn" in typed:
-        from_env = table["dsn"][1].startswith("env ")
-        shadowed = [p for p in parts if not from_env or table[p][1].startswith("env ")]
-        if shadowed:
-            msg = f"pg.toml [{db}]: dsn ({table['dsn'][1]}) and {', '.join(table[p][1] for p in shadowed)} both set the connection; keep one"
-            raise ConfigError(msg)
-        dsn: str = typed["dsn"]
-        if urlsplit(dsn).scheme not in {"postgres", "postgresql"}:
-            msg = f"{table['dsn'][1]}: value {_redact(dsn)!r} is not a postgresql:// URL"
-            raise ConfigError(msg)
-        return dsn
-    for needed in ("host", "database"):
-        if needed not in typed:
-            msg = f"pg.toml [{db}]: neither dsn nor {needed} is set"
-            raise ConfigError(msg)
-    user = quote(typed.get("user", ""), safe="")
-    auth = (
-        f"{user}:{quote(typed['password'], safe='')}@"
-        if "password" in typed
-        else f"{user}@"
-        if user
-        else ""
-    )
-    host, port, database = typed["host"], typed.get("port", 5432), quote(typed["database"], safe="")
-    # A host starting with "/" is a Unix socket directory, which libpq URLs put in the query.
-    url = (
-        f"postgresql://{auth}/{database}?host={quote(host)}&port={port}"
-        if host.startswith("/")
-        else f"postgresql://{auth}{host}:{port}/{database}"
-    )
-    sources[f"pg.{db}.dsn"] = "built from " + ", ".join(table[p][1] for p in parts)
-    return url
+        return convert(value, kind, source, key)
