@@ -1,0 +1,118 @@
+"""`club-proxy check routes.yaml`: validate like ``nginx -t``.
+
+Beyond what every load checks (schema, targets, ambiguity), the check builds the
+in-process `new` app (without starting it: no database is touched) and
+requires a handler in it for every method and path a route sends to `new`,
+including canary shares. When nothing is sent to `new` yet, an app that
+cannot be built is only a warning, so a cutover map can be written before the
+new code exists.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TextIO
+
+from proxy._yaml import compose
+from proxy.appfactory import build_new_app, unhandled_new_routes
+from proxy.errors import AppFactoryError, RoutesError
+from proxy.model import NEW
+from proxy.routes import RouteTable, load_routes
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["CheckReport", "check_report", "check_routes", "run_check"]
+
+_PROG = "club-proxy"
+
+
+@dataclass(slots=True)
+class CheckReport:
+    """What `check` found: `errors` fail the check, `warnings` do not."""
+
+    table: RouteTable | None = None
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_routes(path: Path) -> list[str]:
+    """Every problem in the routes file and its `new` app; empty when valid."""
+    return check_report(path).errors
+
+
+def check_report(path: Path) -> CheckReport:
+    """Like `check_routes`, with warnings and the table when it loaded."""
+    try:
+        table = load_routes(path)
+    except RoutesError as exc:
+        return CheckReport(errors=[str(error) for error in exc.errors])
+    report = CheckReport(table=table)
+    new = table.new
+    if new is None or new.app is None:
+        return report
+    where = f"{path}:{_line_of(path, 'new', 'app')}: new.app"
+    if new.config_dir is not None and not new.config_dir.is_dir():
+        report.errors.append(f"{where}: config_dir {new.config_dir} is not a directory")
+        return report
+    try:
+        app = build_new_app(new)
+    except AppFactoryError as exc:
+        if _sends_to_new(table):
+            report.errors.append(f"{where}: {exc}")
+        else:
+            report.warnings.append(f"{where}: {exc} (no route uses new yet)")
+        return report
+    index = {route.id: i for i, route in enumerate(table.routes)}
+    for route, method in unhandled_new_routes(app, table.routes):
+        key = "to" if route.to == NEW else "canary.to"
+        report.errors.append(
+            f"{path}:{route.line}: routes[{index[route.id]}].{key}: route {route.id!r} sends "
+            f"{method or 'every method'} {route.path} to new, but the new app "
+            f"({new.app}) has no handler for it"
+        )
+    return report
+
+
+def run_check(path: Path, *, out: TextIO | None = None) -> int:
+    """Print the verdict like ``nginx -t`` (to stderr by default); 0 when valid, 1 if not."""
+    stream = out if out is not None else sys.stderr
+    report = check_report(path)
+    if report.table is not None:
+        stream.write(f"{_PROG}: the routes file {path} syntax is ok\n")
+    for warning in report.warnings:
+        stream.write(f"{_PROG}: [warn] {warning}\n")
+    for error in report.errors:
+        stream.write(f"{_PROG}: [error] {error}\n")
+    if report.errors:
+        stream.write(f"{_PROG}: routes file {path} test failed\n")
+        return 1
+    if report.table is not None:
+        stream.write(f"{_PROG}: {_summary(report.table)}\n")
+    stream.write(f"{_PROG}: routes file {path} test is successful\n")
+    return 0
+
+
+def _sends_to_new(table: RouteTable) -> bool:
+    return table.default == NEW or any(
+        route.to == NEW or (route.canary is not None and route.canary.to == NEW)
+        for route in table.routes
+    )
+
+
+def _summary(table: RouteTable) -> str:
+    to_new = sum(1 for route in table.routes if route.to == NEW)
+    upstreams = ", ".join(sorted(table.upstreams)) or "none"
+    return (
+        f"{len(table.routes)} routes ({to_new} to new), upstreams: {upstreams}, "
+        f"default: {table.default}, sha256 {table.digest[:12]}"
+    )
+
+
+def _line_of(path: Path, *keys: str) -> int:
+    # The table keeps no line for `new:`; find it again in the (already valid) file.
+    node = compose(path.read_bytes(), path)
+    for key in keys:
+        node = node.entries()[key]
+    return node.line
