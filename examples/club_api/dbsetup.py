@@ -1,0 +1,65 @@
+"""Create the club database, apply schema.sql and load seed data (tooling, not the app).
+
+Uses plain asyncpg connections: COPY needs asyncpg's built-in codecs, not
+PgBank's legacy ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from examples.club_api import seed
+
+__all__ = ["SCHEMA", "apply_schema", "ensure_database", "load_seed"]
+
+SCHEMA: Final = Path(__file__).resolve().parent / "schema.sql"
+_DUPLICATE_DATABASE: Final = "42P04"
+
+
+def _database_name(dsn: str) -> str:
+    name = urlsplit(dsn).path.lstrip("/")
+    if not name:
+        msg = f"the DSN names no database: {urlsplit(dsn)._replace(netloc='…').geturl()}"
+        raise ValueError(msg)
+    return name
+
+
+async def ensure_database(dsn: str, *, maintenance_db: str = "postgres") -> bool:
+    """Create the DSN's database if it does not exist; True when it was created."""
+    name = _database_name(dsn)
+    admin_dsn = urlunsplit(urlsplit(dsn)._replace(path=f"/{maintenance_db}"))
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        quoted = '"' + name.replace('"', '""') + '"'
+        try:
+            await conn.execute(f"CREATE DATABASE {quoted}")
+        except asyncpg.DuplicateDatabaseError:
+            return False  # created concurrently by someone else: fine
+        return True
+    finally:
+        await conn.close()
+
+
+async def apply_schema(dsn: str) -> None:
+    """Apply schema.sql (idempotent) to the DSN's database."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(SCHEMA.read_text(encoding="utf-8"))
+    finally:
+        await conn.close()
+
+
+async def load_seed(dsn: str, size: seed.SeedSize, *, seed_value: int = 42) -> dict[str, int]:
+    """Replace the club tables' rows with the deterministic seed; the row counts."""
+    data = seed.generate(size, seed=seed_value)
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await seed.load(conn, data)
+    finally:
+        await conn.close()
