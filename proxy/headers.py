@@ -1,0 +1,188 @@
+"""Header rules of a gateway: what is removed, what the proxy adds, whom it trusts.
+
+Requests going upstream lose every hop-by-hop header and every header named in
+their `Connection` field *before* the proxy adds its own (`Via`,
+`X-Forwarded-For/Proto/Host`, `X-Request-ID`), so a client cannot use a
+`Connection` token to delete what the proxy sets (Traefik CVE-2024-45410).
+Client-supplied forwarding headers are kept only from trusted proxies.
+Responses lose hop-by-hop headers too; everything else passes untouched, in
+order, duplicates (`Set-Cookie`) included.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+from multidict import CIMultiDict
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from multidict import CIMultiDictProxy
+
+__all__ = [
+    "HOP_BY_HOP",
+    "ForwardingPolicy",
+    "IPNetwork",
+    "request_id_from",
+    "response_headers",
+    "upstream_request_headers",
+]
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# RFC 9110 §7.6.1 plus the legacy ones every proxy strips (Keep-Alive,
+# Proxy-Connection, Trailer); `Upgrade` is handled by the WebSocket relay.
+HOP_BY_HOP: Final = (
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Connection",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "TE",
+    "Trailer",
+    "Transfer-Encoding",
+    "Upgrade",
+)
+# The proxy answers `Expect: 100-continue` itself (aiohttp does it when the
+# route matches), so the upstream must not see it.
+_REQUEST_DROP: Final = (*HOP_BY_HOP, "Expect", "X-Request-ID")
+# Only meaningful from a proxy we trust; from anyone else they are spoofing.
+_FORWARDING: Final = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
+
+# A `Connection` token may not remove these: without Host the upstream would
+# see the proxy's idea of the authority, without Content-Length a new framing.
+_PROTECTED: Final = frozenset({"host", "content-length"})
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_TRUST_CACHE_SIZE: Final = 4096
+
+
+def request_id_from(value: str | None) -> str:
+    """The inbound X-Request-ID when it is short and plain, a fresh one otherwise."""
+    if value is not None and _REQUEST_ID.fullmatch(value):
+        return value
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardingPolicy:
+    """How the proxy names itself and which peers may set forwarding headers.
+
+    Attributes:
+        trusted: networks of proxies in front of us whose X-Forwarded-* and
+            Forwarded headers are kept (and extended); from other peers they
+            are replaced.
+        pseudonym: the `Via` name (RFC 9110 §7.6.3); seeing it on an inbound
+            request means a routing loop.
+    """
+
+    trusted: tuple[IPNetwork, ...] = ()
+    pseudonym: str = "club-proxy"
+    via: str = field(init=False)
+    _trust_cache: dict[str, bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.pseudonym or not _REQUEST_ID.fullmatch(self.pseudonym):
+            msg = f"Via pseudonym {self.pseudonym!r} must match [A-Za-z0-9._-]{{1,128}}"
+            raise ValueError(msg)
+        object.__setattr__(self, "via", f"1.1 {self.pseudonym}")
+        object.__setattr__(self, "_trust_cache", {})
+
+    @classmethod
+    def from_cidrs(cls, cidrs: Iterable[str], *, pseudonym: str = "club-proxy") -> ForwardingPolicy:
+        """A policy trusting the given CIDRs (`10.0.0.0/8`, `::1`)."""
+        nets = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        return cls(trusted=nets, pseudonym=pseudonym)
+
+    def is_trusted(self, peer: str | None) -> bool:
+        """Whether `peer` (an IP address string) is one of our trusted proxies."""
+        if not self.trusted or peer is None:
+            return False
+        cache = self._trust_cache
+        known = cache.get(peer)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(peer)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in net for net in self.trusted)
+            if len(cache) >= _TRUST_CACHE_SIZE:
+                cache.clear()
+            cache[peer] = known
+        return known
+
+    def is_loop(self, headers: CIMultiDictProxy[str]) -> bool:
+        """Whether an inbound request already passed through this proxy."""
+        for value in headers.getall("Via", ()):
+            if self.pseudonym in value:
+                for entry in value.split(","):
+                    parts = entry.split()
+                    if len(parts) >= 2 and parts[1] == self.pseudonym:  # noqa: PLR2004
+                        return True
+        return False
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> list[str]:
+    tokens: list[str] = []
+    for value in headers.getall("Connection", ()):
+        tokens.extend(t.strip() for t in value.split(","))
+    return [t for t in tokens if t and t.lower() not in _PROTECTED]
+
+
+def upstream_request_headers(
+    headers: CIMultiDictProxy[str],
+    *,
+    policy: ForwardingPolicy,
+    peer: str | None,
+    scheme: str,
+    request_id: str,
+) -> CIMultiDict[str]:
+    """The headers to send upstream: the client's, cleaned, plus the proxy's own.
+
+    `Host` is kept as the client sent it. Hop-by-hop headers, the ones named in
+    `Connection`, `Expect` and the client's X-Request-ID are removed first.
+    """
+    out = CIMultiDict(headers)
+    if "Connection" in out:
+        for token in _connection_tokens(out):
+            out.popall(token, None)
+    for name in _REQUEST_DROP:
+        out.popall(name, None)
+    via = out.popall("Via", None)
+    out["Via"] = f"{', '.join(via)}, {policy.via}" if via else policy.via
+    trusted = policy.is_trusted(peer)
+    xff = out.popall("X-Forwarded-For", None) if trusted else None
+    if not trusted:
+        for name in _FORWARDING:
+            out.popall(name, None)
+    if peer is not None:
+        out["X-Forwarded-For"] = f"{', '.join(xff)}, {peer}" if xff else peer
+    if "X-Forwarded-Proto" not in out:
+        out["X-Forwarded-Proto"] = scheme
+    if "X-Forwarded-Host" not in out and (host := headers.get("Host")) is not None:
+        out["X-Forwarded-Host"] = host
+    out["X-Request-ID"] = request_id
+    return out
+
+
+def response_headers(headers: CIMultiDictProxy[str], *, request_id: str) -> CIMultiDict[str]:
+    """The upstream response headers minus hop-by-hop ones, plus the request id.
+
+    A stray `Content-Length` next to `Transfer-Encoding` is dropped: the body
+    was de-chunked by the client and aiohttp re-frames it (RFC 9112 §6.3).
+    """
+    out = CIMultiDict(headers)
+    if "Connection" in out:
+        for token in _connection_tokens(out):
+            out.popall(token, None)
+    if "Transfer-Encoding" in out:
+        out.popall("Content-Length", None)
+    for name in HOP_BY_HOP:
+        out.popall(name, None)
+    out["X-Request-ID"] = request_id
+    return out

@@ -1,0 +1,161 @@
+"""One keep-alive connection pool (ClientSession + TCPConnector) per upstream.
+
+Pools follow the route table: `sync(table)` builds pools for new or changed
+upstreams and retires the old ones, which close once the last request using
+them finishes, so a reload never cuts a request in flight. Sessions never add
+headers of their own, never decompress and keep no cookies: the proxy is not a
+browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+import aiohttp
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from proxy.model import Upstream
+
+__all__ = ["ClientLimits", "UpstreamPool", "UpstreamPools"]
+
+logger = logging.getLogger(__name__)
+
+# aiohttp's client adds these unless told not to (pitfall 24); the client's own
+# values, when it sent them, travel in the forwarded headers instead.
+SKIP_AUTO_HEADERS: Final = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientLimits:
+    """Upstream response header limits; above aiohttp's 8190 so big cookies pass."""
+
+    max_line_size: int = 65536
+    max_field_size: int = 65536
+    max_headers: int = 256
+    read_bufsize: int = 1 << 16
+
+
+@dataclass(slots=True, kw_only=True)
+class UpstreamPool:
+    """A live session for one `Upstream` value and the requests using it."""
+
+    upstream: Upstream
+    session: aiohttp.ClientSession
+    # The upstream URL without a trailing slash; the raw request target is appended.
+    base: str
+    timeout: aiohttp.ClientTimeout
+    active: int = 0
+    retired: bool = False
+
+
+def _timeout(upstream: Upstream) -> aiohttp.ClientTimeout:
+    # No total timeout: bodies and streams may be long; the read timeout is per read.
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=upstream.connect_timeout,
+        sock_connect=upstream.connect_timeout,
+        sock_read=upstream.read_timeout,
+    )
+
+
+@dataclass(slots=True)
+class UpstreamPools:
+    """Every upstream's pool, kept in step with the active route table."""
+
+    limits: ClientLimits = field(default_factory=ClientLimits)
+    _current: dict[str, UpstreamPool] = field(default_factory=dict)
+    _retired: list[UpstreamPool] = field(default_factory=list)
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def _open(self, upstream: Upstream) -> UpstreamPool:
+        connector = aiohttp.TCPConnector(
+            limit=upstream.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=upstream.keepalive_timeout,
+        )
+        timeout = _timeout(upstream)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            skip_auto_headers=SKIP_AUTO_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            requote_redirect_url=False,
+            max_line_size=self.limits.max_line_size,
+            max_field_size=self.limits.max_field_size,
+            max_headers=self.limits.max_headers,
+            read_bufsize=self.limits.read_bufsize,
+        )
+        base = str(upstream.url).rstrip("/")
+        logger.debug("proxy.pool_opened", extra={"upstream": upstream.name, "url": base})
+        return UpstreamPool(upstream=upstream, session=session, base=base, timeout=timeout)
+
+    def sync(self, upstreams: Iterable[Upstream]) -> None:
+        """Open pools for new or changed upstreams; retire the others."""
+        wanted = {u.name: u for u in upstreams}
+        for name, pool in list(self._current.items()):
+            new = wanted.get(name)
+            if new is None or new != pool.upstream:
+                del self._current[name]
+                self._retire(pool)
+            else:
+                # Same settings: keep the connections, adopt the new object so
+                # the identity fast path in `acquire` hits.
+                pool.upstream = new
+        for name, upstream in wanted.items():
+            if name not in self._current:
+                self._current[name] = self._open(upstream)
+
+    def acquire(self, upstream: Upstream) -> UpstreamPool:
+        """The pool for `upstream`, counted as in use until `release`."""
+        pool = self._current.get(upstream.name)
+        if pool is None or (pool.upstream is not upstream and pool.upstream != upstream):
+            pool = self._find_retired(upstream)
+        pool.active += 1
+        return pool
+
+    def release(self, pool: UpstreamPool) -> None:
+        pool.active -= 1
+        if pool.retired and pool.active == 0:
+            self._close_later(pool)
+
+    def _find_retired(self, upstream: Upstream) -> UpstreamPool:
+        # A request still on an older table: use that table's pool while it
+        # lives, or a one-off pool that closes when the request is done.
+        for pool in self._retired:
+            if pool.upstream == upstream:
+                return pool
+        pool = self._open(upstream)
+        self._retire(pool, close_if_idle=False)
+        return pool
+
+    def _retire(self, pool: UpstreamPool, *, close_if_idle: bool = True) -> None:
+        pool.retired = True
+        self._retired.append(pool)
+        if close_if_idle and pool.active == 0:
+            self._close_later(pool)
+
+    def _close_later(self, pool: UpstreamPool) -> None:
+        if pool in self._retired:
+            self._retired.remove(pool)
+        task = asyncio.get_running_loop().create_task(pool.session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Close every pool, current and retired."""
+        pools = [*self._current.values(), *self._retired]
+        self._current.clear()
+        self._retired.clear()
+        await asyncio.gather(*(p.session.close() for p in pools), *self._closing)
+
+    @property
+    def current(self) -> dict[str, UpstreamPool]:
+        """The pools of the active table, by upstream name (read-only use)."""
+        return self._current

@@ -1,0 +1,201 @@
+"""Helpers for the forwarding tests: raw HTTP/1.1 over a socket, the proxy under test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from proxy.forward import forward, refusal, strip_server_defaults
+from proxy.headers import ForwardingPolicy, request_id_from
+from proxy.model import Upstream
+from proxy.upstreams import UpstreamPools
+from tests.proxy.echo_upstream import EchoUpstream
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+TIMEOUT = 10.0
+
+
+@dataclass
+class RawResponse:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    complete: bool = True
+    informational: list[int] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        values = self.all(name)
+        return values[0] if values else None
+
+    def all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for k, v in self.headers if k.lower() == lname]
+
+    def names(self) -> list[str]:
+        return [k.lower() for k, _ in self.headers]
+
+
+class RawClient:
+    """One client TCP connection speaking bytes, to see exactly what the proxy sends."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+    async def read_head(self) -> tuple[int, str, list[tuple[str, str]]]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        _, status, reason = [*lines[0].split(" ", 2), ""][:3]
+        headers = [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+        return int(status), reason, headers
+
+    async def read_response(self, *, head: bool = False) -> RawResponse:
+        """The next final response; 1xx responses are skipped and listed."""
+        informational = []
+        while True:
+            status, reason, headers = await self.read_head()
+            if status >= 200:
+                break
+            informational.append(status)
+        response = RawResponse(status, reason, headers, b"", informational=informational)
+        if head or status in {204, 304}:
+            return response
+        try:
+            response.body = await asyncio.wait_for(self._body(response), TIMEOUT)
+        except asyncio.IncompleteReadError as exc:
+            response.body, response.complete = exc.partial, False
+        return response
+
+    async def _body(self, response: RawResponse) -> bytes:
+        te = response.header("Transfer-Encoding")
+        if te is not None and "chunked" in te.lower():
+            parts: list[bytes] = []
+            try:
+                while True:
+                    size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                    if size == 0:
+                        await self.reader.readuntil(b"\r\n")
+                        return b"".join(parts)
+                    parts.append(await self.reader.readexactly(size))
+                    await self.reader.readexactly(2)
+            except asyncio.IncompleteReadError as exc:
+                raise asyncio.IncompleteReadError(b"".join(parts) + exc.partial, None) from exc
+        if (cl := response.header("Content-Length")) is not None:
+            return await self.reader.readexactly(int(cl))
+        return await self.reader.read()
+
+    async def rest_until_close(self) -> bytes | None:
+        """Everything until the other side closes, or None if it does not close."""
+        try:
+            return await asyncio.wait_for(self.reader.read(), TIMEOUT)
+        except ConnectionError:
+            return b""
+        except TimeoutError:
+            return None
+
+
+def request(
+    method: str = "GET",
+    target: str = "/echo",
+    *,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    host: str = "proxy.test",
+) -> bytes:
+    """A well-formed HTTP/1.1 request as bytes (Content-Length added for a body)."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{k}: {v}" for k, v in headers or []]
+    if body and not any(
+        k.lower() in {"content-length", "transfer-encoding"} for k, _ in headers or []
+    ):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def routes_yaml(tmp_path: Path, upstream: EchoUpstream, **upstream_opts: str) -> Path:
+    """A routes.yaml sending everything to the echo upstream."""
+    opts = "".join(f", {k}: {v}" for k, v in upstream_opts.items())
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        "version: 1\n"
+        "upstreams:\n"
+        f'  legacy: {{url: "{upstream.url}"{opts}}}\n'
+        "default: legacy\n"
+        "routes: []\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def bare_forward_app(
+    upstream_url: str, *, policy: ForwardingPolicy | None = None, **opts: float
+) -> web.Application:
+    """The forwarding primitives alone, before the full app: every path to one upstream."""
+    pools = UpstreamPools()
+    upstream = Upstream(name="legacy", url=URL(upstream_url), **opts)  # type: ignore[arg-type]
+    pools.sync([upstream])
+    fwd_policy = policy or ForwardingPolicy()
+
+    async def handler(req: web.Request) -> web.StreamResponse:
+        rid = request_id_from(req.headers.get("X-Request-ID"))
+        if (refused := refusal(req, fwd_policy, rid)) is not None:
+            return refused
+        pool = pools.acquire(upstream)
+        try:
+            return await forward(req, req.raw_path, pool=pool, policy=fwd_policy, request_id=rid)
+        finally:
+            pools.release(pool)
+
+    async def close_pools(_: web.Application) -> AsyncIterator[None]:
+        yield
+        await pools.close()
+
+    app = web.Application(handler_args={"auto_decompress": False, "handler_cancellation": True})
+    app.router.add_route("*", "/{tail:.*}", handler)
+    app.on_response_prepare.append(strip_server_defaults)
+    app.cleanup_ctx.append(close_pools)
+    return app
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[EchoUpstream]:
+    echo = await EchoUpstream().start()
+    yield echo
+    await echo.close()
+
+
+@pytest.fixture
+async def proxy_port(upstream: EchoUpstream, aiohttp_server: Any) -> int:
+    server = await aiohttp_server(bare_forward_app(upstream.url))
+    return int(server.port)
+
+
+@pytest.fixture
+async def raw(proxy_port: int) -> AsyncIterator[RawClient]:
+    client = await RawClient.connect(proxy_port)
+    yield client
+    await client.close()
