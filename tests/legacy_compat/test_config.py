@@ -8,7 +8,9 @@ if TYPE_CHECKING:
     from legacy_compat import Settings
 
 
-def test_settings_fixture_reads_the_test_servers(settings: Settings, pg_dsn: str, redis_url: str) -> None:
+def test_settings_fixture_reads_the_test_servers(
+    settings: Settings, pg_dsn: str, redis_url: str
+) -> None:
     assert settings.databases["club"].dsn == pg_dsn
     assert settings.redis_url == redis_url
     assert settings.max_transaction_time == 5.0
