@@ -14,7 +14,7 @@ import asyncpg
 
 from examples.club_api import seed
 
-__all__ = ["SCHEMA", "apply_schema", "ensure_database", "load_seed"]
+__all__ = ["SCHEMA", "apply_schema", "apply_sql", "ensure_database", "load_seed"]
 
 SCHEMA: Final = Path(__file__).resolve().parent / "schema.sql"
 _DUPLICATE_DATABASE: Final = "42P04"
@@ -46,13 +46,19 @@ async def ensure_database(dsn: str, *, maintenance_db: str = "postgres") -> bool
         await conn.close()
 
 
-async def apply_schema(dsn: str) -> None:
-    """Apply schema.sql (idempotent) to the DSN's database."""
+async def apply_sql(dsn: str, path: Path) -> None:
+    """Run one SQL script (no psql meta-commands) on the DSN's database."""
+    sql = path.read_text(encoding="utf-8")  # noqa: ASYNC240  (a small local file, once at setup)
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(SCHEMA.read_text(encoding="utf-8"))
+        await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def apply_schema(dsn: str) -> None:
+    """Apply schema.sql (idempotent) to the DSN's database."""
+    await apply_sql(dsn, SCHEMA)
 
 
 async def load_seed(dsn: str, size: seed.SeedSize, *, seed_value: int = 42) -> dict[str, int]:

@@ -1,0 +1,1 @@
+"""club-api core: the application context, errors and request parsing (legacy `app/core/`)."""

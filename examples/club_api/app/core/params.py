@@ -1,0 +1,115 @@
+"""Request parsing shared by the handlers: ids, pagination, filters, bearer auth.
+
+The rules (and their error messages) are part of the API contract that the
+new handlers must reproduce exactly; README.md documents them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+from aiohttp import hdrs
+
+from examples.club_api.app.core.errors import BadRequest, Unauthorized
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from legacy_compat import PgBank
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "active_filter",
+    "authenticate",
+    "pagination",
+    "path_id",
+    "read_json",
+]
+
+DEFAULT_LIMIT: Final = 20
+MAX_LIMIT: Final = 100
+MAX_OFFSET: Final = 1_000_000
+_MAX_ID: Final = 2**63 - 1  # bigint
+# Positive decimal without sign or leading zeros: "7" yes, "07", "+7", "0" no.
+_ID_RE: Final = re.compile(r"[1-9][0-9]{0,18}")
+_NUMBER_RE: Final = re.compile(r"[0-9]{1,7}")
+
+_SESSION_SQL: Final = """
+    SELECT s.user_id
+    FROM sessions s JOIN users u ON u.id = s.user_id
+    WHERE s.token = $1 AND u.active AND (s.expires_at IS NULL OR s.expires_at > now())
+"""
+
+
+def path_id(request: web.Request, name: str = "id") -> int:
+    """The `{id}` path segment as a positive bigint, else 400 "invalid id"."""
+    text = request.match_info[name]
+    if _ID_RE.fullmatch(text) is None or int(text) > _MAX_ID:
+        msg = "invalid id"
+        raise BadRequest(msg)
+    return int(text)
+
+
+def _bounded(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if _NUMBER_RE.fullmatch(text) is None or not low <= int(text) <= high:
+        msg = f"invalid {name}: must be an integer from {low} to {high}"
+        raise BadRequest(msg)
+    return int(text)
+
+
+def pagination(request: web.Request) -> tuple[int, int]:
+    """`limit` (1..100, default 20) and `offset` (0..1000000, default 0)."""
+    limit = _bounded(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    offset = _bounded(request, "offset", 0, 0, MAX_OFFSET)
+    return limit, offset
+
+
+def active_filter(request: web.Request) -> bool | None:
+    """`active=true|false`, or None (no filter) when absent."""
+    text = request.query.get("active")
+    if text is None:
+        return None
+    if text not in {"true", "false"}:
+        msg = "invalid active: must be true or false"
+        raise BadRequest(msg)
+    return text == "true"
+
+
+def _bearer(request: web.Request, *, allow_query: bool) -> str | None:
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    # Browsers cannot set headers on a WebSocket handshake, hence ?token= for /ws.
+    return (request.query.get("token") or None) if allow_query else None
+
+
+async def authenticate(request: web.Request, pg: PgBank, *, allow_query: bool = False) -> int:
+    """The user id behind the request's bearer token, else 401."""
+    token = _bearer(request, allow_query=allow_query)
+    if token is None:
+        msg = "authentication required"
+        raise Unauthorized(msg)
+    user_id = await pg.club.fetchval(_SESSION_SQL, token)
+    if user_id is None:
+        msg = "invalid token"
+        raise Unauthorized(msg)
+    return int(user_id)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, else 400 "invalid json body"."""
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        msg = "invalid json body: expected an object"
+        raise BadRequest(msg)
+    return body
