@@ -21,7 +21,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -47,10 +46,6 @@ def note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)  # noqa: T201
 
 
-def _with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -59,7 +54,7 @@ def _free_port() -> int:
 
 async def prepare_database(server_dsn: str) -> str:
     """Create the demo database if needed, apply the schemas, load the seed; its DSN."""
-    dsn = _with_database(server_dsn, os.environ.get("CLUB_API_DATABASE") or "club_demo")
+    dsn = dbsetup.with_database(server_dsn, os.environ.get("CLUB_API_DATABASE") or "club_demo")
     await dbsetup.ensure_database(dsn)
     await dbsetup.apply_schema(dsn)
     if OUTBOX_SQL.exists():

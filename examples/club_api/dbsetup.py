@@ -14,10 +14,15 @@ import asyncpg
 
 from examples.club_api import seed
 
-__all__ = ["SCHEMA", "apply_schema", "apply_sql", "ensure_database", "load_seed"]
+__all__ = ["SCHEMA", "apply_schema", "apply_sql", "ensure_database", "load_seed", "with_database"]
 
 SCHEMA: Final = Path(__file__).resolve().parent / "schema.sql"
 _DUPLICATE_DATABASE: Final = "42P04"
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The DSN of another database on the same server."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
 
 
 def _database_name(dsn: str) -> str:
@@ -31,8 +36,7 @@ def _database_name(dsn: str) -> str:
 async def ensure_database(dsn: str, *, maintenance_db: str = "postgres") -> bool:
     """Create the DSN's database if it does not exist; True when it was created."""
     name = _database_name(dsn)
-    admin_dsn = urlunsplit(urlsplit(dsn)._replace(path=f"/{maintenance_db}"))
-    conn = await asyncpg.connect(admin_dsn)
+    conn = await asyncpg.connect(with_database(dsn, maintenance_db))
     try:
         if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             return False
