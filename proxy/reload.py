@@ -119,6 +119,8 @@ class RoutesWatcher:
             return None
         if snapshot.data is None:
             return self._fail(None, snapshot.error or "unreadable", trigger="watch")
+        if snapshot.digest == self.table.digest:
+            return self._record_ok(snapshot.digest, trigger="watch")  # e.g. restored after a delete
         generation = self._generation
         try:
             # Parsing runs in a thread so a large file never stalls the proxy's loop.
