@@ -8,18 +8,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from aiohttp import web
-from yarl import URL
 
-from proxy.forward import forward, refusal, strip_server_defaults
-from proxy.headers import ForwardingPolicy, request_id_from
-from proxy.model import Upstream
-from proxy.upstreams import UpstreamPools
+from proxy.app import create_app
 from tests.proxy.echo_upstream import EchoUpstream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
+
+    from aiohttp import web
 
 TIMEOUT = 10.0
 
@@ -136,49 +133,19 @@ def request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def routes_yaml(tmp_path: Path, upstream: EchoUpstream, **upstream_opts: str) -> Path:
-    """A routes.yaml sending everything to the echo upstream."""
+def proxy_app(tmp_path: Path, upstream_url: str, **upstream_opts: str) -> web.Application:
+    """The full proxy app over a routes.yaml sending everything to `upstream_url`."""
     opts = "".join(f", {k}: {v}" for k, v in upstream_opts.items())
     path = tmp_path / "routes.yaml"
     path.write_text(
         "version: 1\n"
         "upstreams:\n"
-        f'  legacy: {{url: "{upstream.url}"{opts}}}\n'
+        f'  legacy: {{url: "{upstream_url}"{opts}}}\n'
         "default: legacy\n"
         "routes: []\n",
         encoding="utf-8",
     )
-    return path
-
-
-def bare_forward_app(
-    upstream_url: str, *, policy: ForwardingPolicy | None = None, **opts: float
-) -> web.Application:
-    """The forwarding primitives alone, before the full app: every path to one upstream."""
-    pools = UpstreamPools()
-    upstream = Upstream(name="legacy", url=URL(upstream_url), **opts)  # type: ignore[arg-type]
-    pools.sync([upstream])
-    fwd_policy = policy or ForwardingPolicy()
-
-    async def handler(req: web.Request) -> web.StreamResponse:
-        rid = request_id_from(req.headers.get("X-Request-ID"))
-        if (refused := refusal(req, fwd_policy, rid)) is not None:
-            return refused
-        pool = pools.acquire(upstream)
-        try:
-            return await forward(req, req.raw_path, pool=pool, policy=fwd_policy, request_id=rid)
-        finally:
-            pools.release(pool)
-
-    async def close_pools(_: web.Application) -> AsyncIterator[None]:
-        yield
-        await pools.close()
-
-    app = web.Application(handler_args={"auto_decompress": False, "handler_cancellation": True})
-    app.router.add_route("*", "/{tail:.*}", handler)
-    app.on_response_prepare.append(strip_server_defaults)
-    app.cleanup_ctx.append(close_pools)
-    return app
+    return create_app(routes_path=path, reload_on_sighup=False)
 
 
 @pytest.fixture
@@ -189,8 +156,8 @@ async def upstream() -> AsyncIterator[EchoUpstream]:
 
 
 @pytest.fixture
-async def proxy_port(upstream: EchoUpstream, aiohttp_server: Any) -> int:
-    server = await aiohttp_server(bare_forward_app(upstream.url))
+async def proxy_port(upstream: EchoUpstream, aiohttp_server: Any, tmp_path: Path) -> int:
+    server = await aiohttp_server(proxy_app(tmp_path, upstream.url))
     return int(server.port)
 
 

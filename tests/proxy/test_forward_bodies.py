@@ -20,10 +20,11 @@ import pytest
 
 from tests.proxy import forward_support
 from tests.proxy.echo_upstream import GZIP_BODY, EchoUpstream, pattern
-from tests.proxy.forward_support import TIMEOUT, RawClient, bare_forward_app, request
+from tests.proxy.forward_support import TIMEOUT, RawClient, proxy_app, request
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
 MiB = 1024 * 1024
 
@@ -140,9 +141,10 @@ async def test_upstream_death_mid_body_is_an_error_for_an_http_client(
 
 
 async def test_refused_upstream_is_a_502_with_json_and_request_id(
-    aiohttp_server: Any, unused_tcp_port_factory: Any
+    aiohttp_server: Any, unused_tcp_port_factory: Any, tmp_path: Path
 ) -> None:
-    server = await aiohttp_server(bare_forward_app(f"http://127.0.0.1:{unused_tcp_port_factory()}"))
+    url = f"http://127.0.0.1:{unused_tcp_port_factory()}"
+    server = await aiohttp_server(proxy_app(tmp_path, url))
     async with (
         aiohttp.ClientSession() as session,
         session.get(server.make_url("/x"), headers={"X-Request-ID": "rid-1"}) as response,
@@ -152,8 +154,10 @@ async def test_refused_upstream_is_a_502_with_json_and_request_id(
         assert await response.json() == {"error": "upstream unreachable", "request_id": "rid-1"}
 
 
-async def test_slow_upstream_is_a_504(upstream: EchoUpstream, aiohttp_server: Any) -> None:
-    server = await aiohttp_server(bare_forward_app(upstream.url, read_timeout=0.3))
+async def test_slow_upstream_is_a_504(
+    upstream: EchoUpstream, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    server = await aiohttp_server(proxy_app(tmp_path, upstream.url, read_timeout="300ms"))
     async with (
         aiohttp.ClientSession() as session,
         session.get(server.make_url("/slow?delay=5")) as response,
