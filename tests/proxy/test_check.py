@@ -74,14 +74,22 @@ def test_new_routes_without_handlers_are_reported(tmp_path: Path) -> None:
         """,
     )
     assert check_routes(path) == [
-        f"{path}:6: routes[0].to: route 'user' sends PUT /api/users/{{id}} to new, "
-        f"but the new app ({SAMPLE}) has no handler for it",
-        f"{path}:7: routes[1].to: route 'gone' sends GET /api/nothing to new, "
-        f"but the new app ({SAMPLE}) has no handler for it",
-        f"{path}:8: routes[2].canary.to: route 'split' sends GET /api/split to new, "
-        f"but the new app ({SAMPLE}) has no handler for it",
-        f"{path}:9: routes[3].to: route 'methodless' sends every method /api/missing/{{x*}} "
-        f"to new, but the new app ({SAMPLE}) has no handler for it",
+        (
+            f"{path}:6: routes[0].to: route 'user' sends PUT /api/users/{{id}} to new, "
+            f"but the new app ({SAMPLE}) has no handler for it"
+        ),
+        (
+            f"{path}:7: routes[1].to: route 'gone' sends GET /api/nothing to new, "
+            f"but the new app ({SAMPLE}) has no handler for it"
+        ),
+        (
+            f"{path}:8: routes[2].canary.to: route 'split' sends GET /api/split to new, "
+            f"but the new app ({SAMPLE}) has no handler for it"
+        ),
+        (
+            f"{path}:9: routes[3].to: route 'methodless' sends every method /api/missing/{{x*}} "
+            f"to new, but the new app ({SAMPLE}) has no handler for it"
+        ),
     ]
     out = io.StringIO()
     assert run_check(path, out=out) == 1
@@ -209,8 +217,10 @@ def test_missing_new_routes_messages(tmp_path: Path) -> None:
     table = load_routes(path)
     app = newapp_sample.create_app()
     assert missing_new_routes(app, table.routes) == [
-        "line 6: route 'gone' sends DELETE /api/users/{id} to new, "
-        "but the new app has no handler for it"
+        (
+            "line 6: route 'gone' sends DELETE /api/users/{id} to new, "
+            "but the new app has no handler for it"
+        )
     ]
 
 
