@@ -111,8 +111,11 @@ def _summary(table: RouteTable) -> str:
 
 
 def _line_of(path: Path, *keys: str) -> int:
-    # The table keeps no line for `new:`; find it again in the (already valid) file.
-    node = compose(path.read_bytes(), path)
-    for key in keys:
-        node = node.entries()[key]
+    # The table keeps no line for `new:`; find it again in the file (0 if it changed meanwhile).
+    try:
+        node = compose(path.read_bytes(), path)
+        for key in keys:
+            node = node.entries()[key]
+    except (OSError, RoutesError, KeyError):
+        return 0
     return node.line
