@@ -84,7 +84,13 @@ def test_full_file_values(tmp_path: Path) -> None:
     assert table.default == "legacy"
     assert table.targets == {"legacy", NEW}
     a, b, c = table.routes
-    assert (a.id, a.methods, a.path, a.to, a.line) == ("a", frozenset({"GET"}), "/api/users/{id}", NEW, 13)
+    assert (a.id, a.methods, a.path, a.to, a.line) == (
+        "a",
+        frozenset({"GET"}),
+        "/api/users/{id}",
+        NEW,
+        13,
+    )
     assert b.methods == {"GET", "POST"}  # case and spaces normalised
     assert b.canary is not None
     assert (b.canary.to, b.canary.weight) == (NEW, 0.25)
