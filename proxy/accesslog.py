@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 from typing import Any, Final
 
 import orjson
 
-__all__ = ["ACCESS_LOGGER", "AccessLog", "JsonFormatter", "redact_query"]
+__all__ = ["ACCESS_LOGGER", "AccessLog", "JsonFormatter", "configure_logging", "redact_query"]
 
 ACCESS_LOGGER: Final = "proxy.access"
 _SECRET_NAME: Final = re.compile(
@@ -97,3 +98,23 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=repr).decode()
+
+
+def configure_logging(level: str = "INFO", *, access_log: bool = True) -> None:
+    """JSON lines: the access log on stdout, everything else on stderr.
+
+    Called by `club-proxy run` (and by each worker process it starts); the
+    library modules only ever create loggers.
+    """
+    formatter = JsonFormatter()
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [errors]
+    root.setLevel(level.upper())
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.propagate = False
+    lines = logging.StreamHandler(sys.stdout)
+    lines.setFormatter(formatter)
+    access.handlers[:] = [lines]
+    access.setLevel(logging.INFO if access_log else logging.CRITICAL + 1)

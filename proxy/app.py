@@ -16,6 +16,7 @@ import importlib
 import logging
 import signal
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
@@ -124,7 +125,6 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The catch-all handler."""
-        loop = self._loop or asyncio.get_running_loop()
         target_bytes = request.raw_path
         if target_bytes[:1] != "/":
             # absolute-form (RFC 9112 §3.2.2): forward its origin-form, bytes kept.
@@ -142,7 +142,7 @@ class Proxy:
             route=route,
             target=target,
             target_bytes=target_bytes,
-            start=loop.time(),
+            start=perf_counter(),
         )
         response: web.StreamResponse | None = None
         self.metrics.in_flight.inc()
@@ -221,8 +221,7 @@ class Proxy:
         return self._new_upstream
 
     def _record(self, call: _Call, response: web.StreamResponse | None) -> None:
-        loop = self._loop or asyncio.get_running_loop()
-        seconds = loop.time() - call.start
+        seconds = perf_counter() - call.start
         route_id = call.route.id if call.route is not None else DEFAULT_ROUTE
         aborted: str | None = None
         body_bytes = 0

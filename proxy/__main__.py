@@ -1,0 +1,85 @@
+"""`club-proxy`: run the proxy or check a routes file.
+
+    club-proxy run --routes routes.yaml [--host H] [--port P] [--admin-host H]
+                   [--admin-port P] [--admin-token T] [--workers N]
+                   [--trusted-proxy CIDR ...] [--drain-timeout S]
+    club-proxy check ROUTES          validate like `nginx -t` (exit 0 or 1)
+
+The admin token may also come from CLUB_PROXY_ADMIN_TOKEN, so it stays out of
+the process list. Logging is configured here and nowhere else: JSON lines,
+the access log on stdout, everything else on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from proxy.accesslog import configure_logging
+from proxy.check import run_check
+from proxy.errors import ProxyError
+from proxy.server import ServeConfig, run
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="club-proxy", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("run", help="run the proxy")
+    serve.add_argument("--routes", type=Path, required=True, help="the routes.yaml file")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--admin-host", default="127.0.0.1")
+    serve.add_argument("--admin-port", type=int, default=9901, help="0 for none")
+    serve.add_argument(
+        "--admin-token",
+        default=os.environ.get("CLUB_PROXY_ADMIN_TOKEN"),
+        help="bearer token for the admin API (required off loopback)",
+    )
+    serve.add_argument("--workers", type=int, default=1, help="processes on one port")
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a proxy in front whose X-Forwarded-* headers are kept (repeatable)",
+    )
+    serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds, on SIGTERM")
+    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--no-access-log", action="store_true")
+    check = commands.add_parser("check", help="validate a routes file")
+    check.add_argument("routes", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return run_check(args.routes)
+    configure_logging(args.log_level, access_log=not args.no_access_log)
+    try:
+        config = ServeConfig(
+            routes_path=args.routes,
+            host=args.host,
+            port=args.port,
+            admin_host=args.admin_host,
+            admin_port=args.admin_port or None,
+            admin_token=args.admin_token or None,
+            workers=args.workers,
+            trusted_proxies=tuple(args.trusted_proxy),
+            drain_timeout=args.drain_timeout,
+            log_level=args.log_level,
+            access_log=not args.no_access_log,
+        )
+        return run(config)
+    except (ProxyError, ValueError, OSError) as exc:
+        print(f"club-proxy: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own message
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""Run the proxy: one event loop per process, N processes on one port.
+
+With `workers > 1` a supervisor starts N worker processes that each bind the
+proxy port with SO_REUSEPORT (the kernel spreads connections), and forwards
+SIGTERM/SIGINT/SIGHUP to them. Each worker has its own admin API on
+`admin_port + index`, its own metrics and its own route watcher.
+
+Shutdown on SIGTERM (or SIGINT) is graceful: /-/ready turns 503, the listening
+socket closes, requests in flight get up to `drain_timeout` seconds to finish
+(aiohttp's runner shutdown), then the rest are cancelled and resources closed.
+uvloop is used when it is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from proxy.accesslog import configure_logging
+from proxy.admin import check_admin_binding, create_admin_app
+from proxy.app import PROXY, create_app
+from proxy.routes import load_routes
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+    from multiprocessing.process import BaseProcess
+    from pathlib import Path
+    from typing import Any
+
+__all__ = ["ServeConfig", "run", "serve"]
+
+logger = logging.getLogger(__name__)
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeConfig:
+    """Everything `club-proxy run` takes (see `proxy.__main__`)."""
+
+    routes_path: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = 9901  # None: no admin API
+    admin_token: str | None = None
+    workers: int = 1
+    trusted_proxies: tuple[str, ...] = ()
+    drain_timeout: float = 30.0
+    backlog: int = 1024
+    log_level: str = "INFO"
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            msg = f"workers must be at least 1, not {self.workers}"
+            raise ValueError(msg)
+        if self.drain_timeout < 0:
+            msg = f"drain_timeout must not be negative, not {self.drain_timeout}"
+            raise ValueError(msg)
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def serve(config: ServeConfig, *, index: int = 0, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and stop (one process)."""
+    app = create_app(routes_path=config.routes_path, trusted_proxies=config.trusted_proxies)
+    proxy = app[PROXY]
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.drain_timeout)
+    await runner.setup()
+    admin_runner: web.AppRunner | None = None
+    try:
+        site = web.TCPSite(
+            runner, config.host, config.port, reuse_port=reuse_port, backlog=config.backlog
+        )
+        await site.start()
+        if config.admin_port is not None:
+            admin_runner = web.AppRunner(
+                create_admin_app(app, token=config.admin_token), access_log=None
+            )
+            await admin_runner.setup()
+            admin_port = config.admin_port + index if config.admin_port else 0
+            await web.TCPSite(admin_runner, config.admin_host, admin_port).start()
+        logger.info(
+            "proxy.listening",
+            extra={
+                "url": f"http://{config.host}:{config.port}",
+                "admin": f"http://{config.admin_host}:{config.admin_port + index}"
+                if config.admin_port
+                else None,
+                "worker": index,
+                "pid": os.getpid(),
+            },
+        )
+        await _wait_for_stop()
+        logger.info("proxy.draining", extra={"worker": index, "timeout": config.drain_timeout})
+        proxy.ready = False
+    finally:
+        # Stops accepting, waits for requests in flight up to drain_timeout,
+        # then runs the app's cleanup (watcher, pools, in-process app).
+        await runner.cleanup()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+    logger.info("proxy.stopped", extra={"worker": index})
+
+
+async def _wait_for_stop() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def _worker(config: ServeConfig, index: int) -> None:
+    configure_logging(config.log_level, access_log=config.access_log)
+    _run_loop(serve(config, index=index, reuse_port=True))
+
+
+def run(config: ServeConfig) -> int:
+    """Serve with `config.workers` processes; the exit code of the whole run."""
+    check_admin_binding(config.admin_host, config.admin_token)
+    # Fail before any process starts: an invalid file is a RoutesError naming file, line, key.
+    load_routes(config.routes_path)
+    if config.workers == 1:
+        _run_loop(serve(config))
+        return 0
+    return _supervise(config)
+
+
+def _supervise(config: ServeConfig) -> int:
+    context = multiprocessing.get_context("spawn")
+    workers: list[BaseProcess] = []
+    for index in range(config.workers):
+        worker = context.Process(target=_worker, args=(config, index), name=f"club-proxy-{index}")
+        worker.start()
+        workers.append(worker)
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in workers:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for process in workers:
+        process.join()
+    codes = [process.exitcode or 0 for process in workers]
+    if any(codes):
+        logger.error("proxy.worker_failed", extra={"exit_codes": codes})
+        return 1
+    return 0
