@@ -5,7 +5,8 @@ benchmarks and legacy-vs-new comparisons run on identical data. Rows go in
 with COPY (`copy_records_to_table`) in one transaction; the registration
 trigger is disabled meanwhile so a bulk load does not flood channel `events`.
 
-Every seeded user gets a session whose bearer token is `seed-token-<id>`.
+Every seeded user gets a session whose bearer token is `seed-token-<id>`;
+users and events 1..10 are always active.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ _NEWSLETTER = 0.4
 _INACTIVE_USERS = 0.1
 _INACTIVE_EVENTS = 0.2
 _TINY_EVENTS = 0.05
+# Users and events with ids up to this are always active, so README examples work.
+ALWAYS_ACTIVE = 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,7 +146,7 @@ def _user(rng: random.Random, user_id: int) -> UserRow:
         "emergency_contact": {"name": rng.choice(_FIRST), "phone": f"+7900{user_id:07d}"},
     }
     created = _USERS_FROM + timedelta(seconds=rng.randrange(_FIVE_YEARS))
-    active = rng.random() >= _INACTIVE_USERS
+    active = rng.random() >= _INACTIVE_USERS or user_id <= ALWAYS_ACTIVE
     return UserRow(user_id, name, f"user{user_id}@club.example", _json(profile), active, created)
 
 
@@ -160,7 +163,7 @@ def _event(rng: random.Random, event_id: int, users: int) -> EventRow:
     starts = _EVENTS_FROM + timedelta(days=rng.randrange(730), minutes=30 * rng.randrange(24))
     # About one event in twenty is tiny, so some events are full.
     capacity = rng.randint(3, 8) if rng.random() < _TINY_EVENTS else rng.randint(20, 150)
-    active = rng.random() >= _INACTIVE_EVENTS
+    active = rng.random() >= _INACTIVE_EVENTS or event_id <= ALWAYS_ACTIVE
     return EventRow(event_id, title, _json(meta), starts, capacity, active, _UPDATED_AT)
 
 

@@ -30,6 +30,14 @@ def test_scaled_size() -> None:
         seed.SeedSize(users=0)
 
 
+def test_first_users_and_events_are_active() -> None:
+    # The README's curl examples rely on it.
+    data = seed.generate(seed.SeedSize())
+    assert all(u.active for u in data.users[: seed.ALWAYS_ACTIVE])
+    assert all(e.active for e in data.events[: seed.ALWAYS_ACTIVE])
+    assert not all(u.active for u in data.users)
+
+
 def test_registrations_respect_capacity_and_uniqueness() -> None:
     data = seed.generate(seed.SeedSize(users=5, events=3, registrations=1000))
     pairs = [(r.user_id, r.event_id) for r in data.registrations]
