@@ -59,7 +59,7 @@ def check_report(path: Path) -> CheckReport:
     try:
         app = build_new_app(new)
     except AppFactoryError as exc:
-        if _sends_to_new(table):
+        if table.uses_new:
             report.errors.append(f"{where}: {exc}")
         else:
             report.warnings.append(f"{where}: {exc} (no route uses new yet)")
@@ -92,13 +92,6 @@ def run_check(path: Path, *, out: TextIO | None = None) -> int:
         stream.write(f"{_PROG}: {_summary(report.table)}\n")
     stream.write(f"{_PROG}: routes file {path} test is successful\n")
     return 0
-
-
-def _sends_to_new(table: RouteTable) -> bool:
-    return table.default == NEW or any(
-        route.to == NEW or (route.canary is not None and route.canary.to == NEW)
-        for route in table.routes
-    )
 
 
 def _summary(table: RouteTable) -> str:

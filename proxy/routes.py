@@ -48,6 +48,14 @@ class RouteTable:
     def targets(self) -> frozenset[str]:
         return frozenset(self.upstreams) | ({NEW} if self.new is not None else set())
 
+    @property
+    def uses_new(self) -> bool:
+        """Some request can reach `new`: a route, a canary share or the default."""
+        return self.default == NEW or any(
+            route.to == NEW or (route.canary is not None and route.canary.to == NEW)
+            for route in self.routes
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (for the admin API)."""
         return {

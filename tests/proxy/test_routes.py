@@ -83,6 +83,7 @@ def test_full_file_values(tmp_path: Path) -> None:
     assert table.new.config_dir == (tmp_path / "conf").resolve()  # relative to the file
     assert table.default == "legacy"
     assert table.targets == {"legacy", NEW}
+    assert table.uses_new
     a, b, c = table.routes
     assert (a.id, a.methods, a.path, a.to, a.line) == (
         "a",
@@ -123,6 +124,7 @@ def test_upstream_defaults_and_new_url(tmp_path: Path) -> None:
     assert table.new.app is None
     assert table.routes == ()
     assert table.match("GET", "/anything").target == NEW
+    assert table.uses_new  # through the default
 
 
 def test_table_is_immutable(tmp_path: Path) -> None:
@@ -141,6 +143,7 @@ def test_repo_routes_yaml_loads() -> None:
     assert table.match("GET", "/api/users/5").route.id == "user-get"  # type: ignore[union-attr]
     assert table.match("DELETE", "/api/events/5/registrations/me").target == "legacy"
     assert table.match("GET", "/not/listed").route is None
+    assert not table.uses_new  # nothing is cut over yet
 
 
 # --- loading: errors -----------------------------------------------------------------
