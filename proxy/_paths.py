@@ -47,9 +47,17 @@ def _canonical_escapes(path: str) -> str:
         if char in _PCHAR:
             out.append(char)
         else:
-            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogateescape"))
+            out.extend(f"%{byte:02X}" for byte in _utf8(char))
     # A "%" not followed by two hex digits is not an escape: encode it too.
     return re.sub(r"%(?![0-9A-F]{2})", "%25", "".join(out))
+
+
+def _utf8(char: str) -> bytes:
+    # aiohttp decodes request bytes with surrogateescape: give those bytes back as they were.
+    try:
+        return char.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return char.encode("utf-8", "surrogatepass")
 
 
 def _decode_unreserved(match: re.Match[str]) -> str:
