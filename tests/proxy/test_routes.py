@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import random
 import textwrap
 from pathlib import Path
 
@@ -559,3 +560,16 @@ NORMALISE_CASES = [
 @pytest.mark.parametrize(("raw", "canonical"), NORMALISE_CASES)
 def test_normalise(raw: str, canonical: str) -> None:
     assert normalise(raw) == canonical
+
+
+def test_matching_never_fails_and_normalising_is_idempotent(tmp_path: Path) -> None:
+    table = table_with(tmp_path, MATCH_ROUTES)
+    alphabet = ["/", "/", "%", "2", "e", "f", "F", ".", "..", "a", "b", "~", " ", "é", "?", ";"]
+    rng = random.Random(6)  # deterministic
+    for _ in range(5000):
+        raw = "/" + "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+        canonical = normalise(raw)
+        assert normalise(canonical) == canonical, raw
+        assert canonical.startswith("/")
+        assert "//" not in canonical
+        assert table.match("GET", raw).target in {"legacy", "billing", NEW}
