@@ -11,7 +11,11 @@ from legacy_compat._cache import Cache, CacheStats
 from legacy_compat._codecs import TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY
 from legacy_compat._config import DatabaseSettings, ServiceInfo, Settings, load_settings
 from legacy_compat._db import Database, PgBank, Transaction
+from legacy_compat._events import DebounceMode, Event, QueueStats
+from legacy_compat._listener import Backoff
+from legacy_compat._outbox import emit
 from legacy_compat._packager import Packager
+from legacy_compat._queue import PgQueue
 from legacy_compat.errors import (
     CompatError,
     ConfigError,
@@ -26,6 +30,7 @@ from legacy_compat.errors import (
 __all__ = [
     "TIMESTAMP_INFINITY",
     "TIMESTAMP_NEG_INFINITY",
+    "Backoff",
     "Cache",
     "CacheStats",
     "CompatError",
@@ -33,15 +38,20 @@ __all__ = [
     "Database",
     "DatabaseError",
     "DatabaseSettings",
+    "DebounceMode",
+    "Event",
     "HubError",
     "NotifyPayloadTooLarge",
     "Packager",
     "PackagerError",
     "PgBank",
+    "PgQueue",
     "QueueError",
+    "QueueStats",
     "ServiceInfo",
     "Settings",
     "Transaction",
     "TransactionTimeout",
+    "emit",
     "load_settings",
 ]
