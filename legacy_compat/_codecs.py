@@ -64,7 +64,7 @@ def encode_jsonb(value: Any) -> bytes:
 
 def decode_jsonb(data: bytes) -> Any:
     """jsonb binary as a Python value; an unknown version byte is an error, not a guess."""
-    if data[:1] != _JSONB_VERSION:
+    if not data or data[0] != _JSONB_VERSION[0]:
         msg = f"unsupported jsonb binary version {bytes(data[:1])!r}"
         raise ValueError(msg)
     return orjson.loads(data[1:])

@@ -2,7 +2,7 @@
 
 One pool per pg.toml database, owned by PgBank alone, with the legacy codecs
 installed in the pool's `init` hook (`_codecs.py`), so they never reach
-Tortoise's connections. `translate_errors` is the one place driver errors become
+Tortoise's connections. `database_error` is the one place driver errors become
 `DatabaseError`s, keeping the SQLSTATE, the constraint name and the cause.
 
 `transaction()` runs under `MAX_TRANSACTION_TIME`: past it the body is cancelled,
@@ -33,13 +33,23 @@ if TYPE_CHECKING:
 
     from legacy_compat._config import DatabaseSettings, Settings
 
-__all__ = ["Database", "PgBank", "Transaction", "translate_errors"]
+__all__ = ["Database", "PgBank", "Transaction", "database_error", "translate_errors"]
 
 logger = logging.getLogger(__name__)
 
 # What a driver call can raise besides PostgresError: API misuse or a dead
 # connection (InterfaceError), a network failure (OSError), command_timeout.
 _CLIENT_ERRORS = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+_DRIVER_ERRORS = (asyncpg.PostgresError, *_CLIENT_ERRORS)
+
+
+def database_error(exc: BaseException, database: str) -> DatabaseError:
+    """The `DatabaseError` for a driver error: the one place the mapping lives."""
+    if isinstance(exc, asyncpg.PostgresError):
+        msg = f"{database}: {exc.sqlstate}: {exc}"
+        constraint = getattr(exc, "constraint_name", None)
+        return DatabaseError(msg, sqlstate=exc.sqlstate, constraint_name=constraint)
+    return DatabaseError(f"{database}: {type(exc).__name__}: {str(exc) or 'timed out'}")
 
 
 @contextmanager
@@ -51,18 +61,16 @@ def translate_errors(database: str) -> Iterator[None]:
     """
     try:
         yield
-    except asyncpg.PostgresError as exc:
-        msg = f"{database}: {exc.sqlstate}: {exc}"
-        raise DatabaseError(
-            msg, sqlstate=exc.sqlstate, constraint_name=getattr(exc, "constraint_name", None)
-        ) from exc
-    except _CLIENT_ERRORS as exc:
-        msg = f"{database}: {type(exc).__name__}: {str(exc) or 'timed out'}"
-        raise DatabaseError(msg) from exc
+    except _DRIVER_ERRORS as exc:
+        raise database_error(exc, database) from exc
 
 
 class _Queries:
-    """The four legacy query methods, on a pool (Database) or a connection (Transaction)."""
+    """The four legacy query methods, on a pool (Database) or a connection (Transaction).
+
+    They catch inline rather than through `translate_errors`: a generator context
+    manager costs about a microsecond per query on the hot path.
+    """
 
     __slots__ = ("_target", "name")
 
@@ -74,23 +82,31 @@ class _Queries:
 
     async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         """The first row, or None when there is none."""
-        with translate_errors(self.name):
+        try:
             return await self._target.fetchrow(sql, *args)
+        except _DRIVER_ERRORS as exc:
+            raise database_error(exc, self.name) from exc
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """All rows."""
-        with translate_errors(self.name):
+        try:
             return await self._target.fetch(sql, *args)
+        except _DRIVER_ERRORS as exc:
+            raise database_error(exc, self.name) from exc
 
     async def fetchval(self, sql: str, *args: Any, column: int = 0) -> Any:
         """One value of the first row (None when there is no row)."""
-        with translate_errors(self.name):
+        try:
             return await self._target.fetchval(sql, *args, column=column)
+        except _DRIVER_ERRORS as exc:
+            raise database_error(exc, self.name) from exc
 
     async def execute(self, sql: str, *args: Any) -> str:
         """Run a statement; returns the command tag, e.g. "INSERT 0 1"."""
-        with translate_errors(self.name):
+        try:
             return await self._target.execute(sql, *args)
+        except _DRIVER_ERRORS as exc:
+            raise database_error(exc, self.name) from exc
 
 
 class Transaction(_Queries):
@@ -173,7 +189,7 @@ class Database(_Queries):
             return
         try:
             await conn.execute("ROLLBACK")
-        except (asyncpg.PostgresError, *_CLIENT_ERRORS) as exc:
+        except _DRIVER_ERRORS as exc:
             # A connection in an unknown state must not go back to the pool.
             logger.warning(
                 "legacy_compat.pgbank.rollback_failed",
