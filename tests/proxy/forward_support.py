@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from aiohttp import web
+    from pytest_aiohttp import AiohttpServer
 
 TIMEOUT = 10.0
 
@@ -156,9 +157,10 @@ async def upstream() -> AsyncIterator[EchoUpstream]:
 
 
 @pytest.fixture
-async def proxy_port(upstream: EchoUpstream, aiohttp_server: Any, tmp_path: Path) -> int:
+async def proxy_port(upstream: EchoUpstream, aiohttp_server: AiohttpServer, tmp_path: Path) -> int:
     server = await aiohttp_server(proxy_app(tmp_path, upstream.url))
-    return int(server.port)
+    assert server.port is not None
+    return server.port
 
 
 @pytest.fixture

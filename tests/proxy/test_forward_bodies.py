@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
+    from pytest_aiohttp import AiohttpServer
+
 MiB = 1024 * 1024
 
 # The shared fixtures of the forwarding tests.
@@ -141,7 +143,7 @@ async def test_upstream_death_mid_body_is_an_error_for_an_http_client(
 
 
 async def test_refused_upstream_is_a_502_with_json_and_request_id(
-    aiohttp_server: Any, unused_tcp_port_factory: Any, tmp_path: Path
+    aiohttp_server: AiohttpServer, unused_tcp_port_factory: Any, tmp_path: Path
 ) -> None:
     url = f"http://127.0.0.1:{unused_tcp_port_factory()}"
     server = await aiohttp_server(proxy_app(tmp_path, url))
@@ -155,7 +157,7 @@ async def test_refused_upstream_is_a_502_with_json_and_request_id(
 
 
 async def test_slow_upstream_is_a_504(
-    upstream: EchoUpstream, aiohttp_server: Any, tmp_path: Path
+    upstream: EchoUpstream, aiohttp_server: AiohttpServer, tmp_path: Path
 ) -> None:
     server = await aiohttp_server(proxy_app(tmp_path, upstream.url, read_timeout="300ms"))
     async with (

@@ -1,0 +1,212 @@
+"""The proxy app as a whole: routing to targets, live reload under traffic,
+per-route timeouts, the access log and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from proxy.accesslog import ACCESS_LOGGER
+from proxy.app import PROXY, create_app
+from tests.proxy.echo_upstream import EchoUpstream
+from tests.proxy.forward_support import TIMEOUT
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
+
+    from aiohttp.test_utils import TestClient
+    from pytest_aiohttp import AiohttpClient
+
+
+def routes_text(legacy: str, other: str, *, orders_to: str = "legacy", extra: str = "") -> str:
+    return (
+        "version: 1\n"
+        "upstreams:\n"
+        f'  legacy: {{url: "{legacy}"}}\n'
+        f'  other: {{url: "{other}", read_timeout: 5s}}\n'
+        "default: legacy\n"
+        "routes:\n"
+        f'  - {{id: orders, match: "GET /api/orders/{{id}}", to: {orders_to}}}\n'
+        '  - {id: slow, match: "GET /slow", to: legacy, timeouts: {read: 300ms}}\n'
+        f"{extra}"
+    )
+
+
+@pytest.fixture
+async def legacy() -> AsyncIterator[EchoUpstream]:
+    echo = await EchoUpstream().start()
+    yield echo
+    await echo.close()
+
+
+@pytest.fixture
+async def other() -> AsyncIterator[EchoUpstream]:
+    echo = await EchoUpstream().start()
+    yield echo
+    await echo.close()
+
+
+@pytest.fixture
+def routes_file(tmp_path: Path, legacy: EchoUpstream, other: EchoUpstream) -> Path:
+    path = tmp_path / "routes.yaml"
+    path.write_text(routes_text(legacy.url, other.url), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+async def client(routes_file: Path, aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
+    app = create_app(routes_path=routes_file, poll_interval=0.05, reload_on_sighup=False)
+    return await aiohttp_client(app, auto_decompress=False)
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), TIMEOUT)
+
+
+async def test_routes_send_each_request_to_its_target(
+    client: TestClient[Any, Any], legacy: EchoUpstream
+) -> None:
+    async with client.get("/api/orders/7") as response:
+        assert response.status == 200
+    async with client.get("/anything/else?q=1") as response:
+        assert response.status == 200
+    assert [r.target for r in legacy.received] == [b"/api/orders/7", b"/anything/else?q=1"]
+
+
+async def test_route_timeout_overrides_the_upstream_one(client: TestClient[Any, Any]) -> None:
+    async with client.get("/slow?delay=3") as response:
+        assert response.status == 504
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+async def test_reload_under_concurrent_traffic_loses_no_request(
+    client: TestClient[Any, Any],
+    routes_file: Path,
+    legacy: EchoUpstream,
+    other: EchoUpstream,
+) -> None:
+    proxy = client.app[PROXY] if client.app is not None else None
+    assert proxy is not None
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        while not stop.is_set():
+            async with client.get("/api/orders/1") as response:
+                await response.read()
+                statuses.append(response.status)
+
+    workers = [asyncio.create_task(traffic()) for _ in range(8)]
+    try:
+        # 1. A valid edit: orders move to the other upstream.
+        _write_atomically(routes_file, routes_text(legacy.url, other.url, orders_to="other"))
+        await wait_until(lambda: len(other.received) > 20)
+        # 2. An invalid edit is refused; the last good table stays.
+        failures = proxy.watcher.reload_failures
+        _write_atomically(routes_file, "version: 1\nupstreams: [not, a, mapping]\n")
+        await wait_until(lambda: proxy.watcher.reload_failures > failures)
+        before = len(other.received)
+        await wait_until(lambda: len(other.received) > before + 20)
+        # 3. A partial write, byte by byte, of a table moving orders back to legacy.
+        final = routes_text(legacy.url, other.url, orders_to="legacy").encode()
+        with routes_file.open("wb") as handle:
+            for start in range(0, len(final), 16):
+                handle.write(final[start : start + 16])
+                handle.flush()
+                os.fsync(handle.fileno())
+                await asyncio.sleep(0.01)
+        await wait_until(lambda: proxy.watcher.table.digest == _digest(final))
+        before = len(legacy.received)
+        await wait_until(lambda: len(legacy.received) > before + 20)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    assert statuses
+    assert set(statuses) == {200}
+    # No half-written state was ever active: every table served orders to a real upstream.
+    assert proxy.watcher.table.routes[0].to == "legacy"
+
+
+def _digest(data: bytes) -> str:
+    import hashlib  # noqa: PLC0415
+
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_reload_that_changes_an_upstream_rebuilds_its_pool(
+    client: TestClient[Any, Any], routes_file: Path, legacy: EchoUpstream, other: EchoUpstream
+) -> None:
+    async with client.get("/x") as response:
+        assert response.status == 200
+    moved = await EchoUpstream().start()
+    try:
+        _write_atomically(routes_file, routes_text(moved.url, other.url))
+        proxy = client.app[PROXY] if client.app is not None else None
+        assert proxy is not None
+        await wait_until(lambda: proxy.pools.current["legacy"].upstream.url.port == moved.port)
+        async with client.get("/y") as response:
+            assert response.status == 200
+        assert [r.target for r in moved.received] == [b"/y"]
+        assert [r.target for r in legacy.received] == [b"/x"]
+        # The retired pool closed its keep-alive connection to the old address.
+        await wait_until(lambda: legacy.closed == legacy.accepted)
+    finally:
+        await moved.close()
+
+
+async def test_access_log_has_one_json_ready_line_per_request_without_secrets(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    headers = {"Authorization": "Bearer s3cret", "X-Request-ID": "req-42"}
+    async with client.get("/api/orders/9?token=abc&page=2", headers=headers) as response:
+        assert response.status == 200
+    records = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert len(records) == 1
+    entry = records[0].access  # type: ignore[attr-defined]
+    assert entry["request_id"] == "req-42"
+    assert entry["route"] == "orders"
+    assert entry["target"] == "legacy"
+    assert entry["method"] == "GET"
+    assert entry["path"] == "/api/orders/9"
+    assert entry["query"] == "token=[redacted]&page=2"
+    assert entry["status"] == 200
+    assert entry["bytes"] > 0
+    assert entry["duration_ms"] >= 0
+    assert "s3cret" not in json.dumps(entry)
+    assert "abc" not in json.dumps(entry)
+
+
+async def test_metrics_count_requests_by_route_target_method_status(
+    client: TestClient[Any, Any], unused_tcp_port_factory: Any, tmp_path: Path
+) -> None:
+    for _ in range(3):
+        async with client.get("/api/orders/1") as response:
+            assert response.status == 200
+    async with client.get("/slow?delay=3") as response:
+        assert response.status == 504
+    assert client.app is not None
+    text = client.app[PROXY].metrics.render().decode()
+    assert (
+        'club_proxy_requests_total{method="GET",route="orders",status="200",target="legacy"} 3.0'
+        in text
+    )
+    assert 'club_proxy_upstream_errors_total{kind="timeout",target="legacy"} 1.0' in text
+    assert 'club_proxy_route_reloads_total{result="failure"} 0.0' in text
+    assert "club_proxy_request_duration_seconds_bucket" in text
