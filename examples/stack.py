@@ -52,7 +52,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def prepare_database(server_dsn: str) -> str:
+async def prepare_database(server_dsn: str, redis_url: str) -> str:
     """Create the demo database if needed, apply the schemas, load the seed; its DSN."""
     dsn = dbsetup.with_database(server_dsn, os.environ.get("CLUB_API_DATABASE") or "club_demo")
     await dbsetup.ensure_database(dsn)
@@ -62,6 +62,7 @@ async def prepare_database(server_dsn: str) -> str:
         await dbsetup.apply_sql(dsn, OUTBOX_SQL)
     size = seed.SeedSize.scaled(float(os.environ.get("CLUB_API_SEED_SCALE") or "0.1"))
     counts = await dbsetup.load_seed(dsn, size)
+    await dbsetup.clear_event_cache(redis_url)
     note(f"seeded {counts}")
     return dsn
 
@@ -124,7 +125,7 @@ async def start_club_api(pg_dsn: str, redis_url: str) -> ClubApiProcess:
 async def run_stack(services: DevServices) -> None:
     announce("postgres", services.pg_dsn)
     announce("redis", services.redis_url)
-    demo_dsn = await prepare_database(services.pg_dsn)
+    demo_dsn = await prepare_database(services.pg_dsn, services.redis_url)
     club = await start_club_api(demo_dsn, services.redis_url)
     try:
         announce("club-api", club.url)

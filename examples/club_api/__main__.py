@@ -61,13 +61,15 @@ async def _init_db(dsn: str) -> None:
     print(f"schema applied ({'database created' if created else 'database existed'})")  # noqa: T201
 
 
-async def _seed(args: argparse.Namespace, dsn: str) -> None:
+async def _seed(args: argparse.Namespace, settings: Settings) -> None:
+    dsn = settings.databases["club"].dsn
     if args.init_db:
         await _init_db(dsn)
     started = time.perf_counter()
     counts = await dbsetup.load_seed(dsn, _size(args), seed_value=args.seed)
     took = time.perf_counter() - started
-    print(f"seeded {counts} in {took:.1f}s")  # noqa: T201
+    cleared = await dbsetup.clear_event_cache(settings.redis_url)
+    print(f"seeded {counts} in {took:.1f}s; dropped {cleared} cached events")  # noqa: T201
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> None:
@@ -78,7 +80,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     if args.command == "init-db":
         asyncio.run(_init_db(dsn))
     elif args.command == "seed":
-        asyncio.run(_seed(args, dsn))
+        asyncio.run(_seed(args, settings))
     else:
         web.run_app(create_app(settings), host=args.host, port=args.port)
 

@@ -11,10 +11,20 @@ from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import redis.asyncio as aioredis
 
 from examples.club_api import seed
+from examples.club_api.app.models.notification import EVENT_CACHE_PREFIX
 
-__all__ = ["SCHEMA", "apply_schema", "apply_sql", "ensure_database", "load_seed", "with_database"]
+__all__ = [
+    "SCHEMA",
+    "apply_schema",
+    "apply_sql",
+    "clear_event_cache",
+    "ensure_database",
+    "load_seed",
+    "with_database",
+]
 
 SCHEMA: Final = Path(__file__).resolve().parent / "schema.sql"
 _DUPLICATE_DATABASE: Final = "42P04"
@@ -73,3 +83,13 @@ async def load_seed(dsn: str, size: seed.SeedSize, *, seed_value: int = 42) -> d
         return await seed.load(conn, data)
     finally:
         await conn.close()
+
+
+async def clear_event_cache(redis_url: str) -> int:
+    """Drop every cached event detail (after a reseed they describe other rows)."""
+    client = aioredis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{EVENT_CACHE_PREFIX}*", count=1000)]
+        return int(await client.delete(*keys)) if keys else 0
+    finally:
+        await client.aclose()

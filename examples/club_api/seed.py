@@ -6,7 +6,7 @@ with COPY (`copy_records_to_table`) in one transaction; the registration
 trigger is disabled meanwhile so a bulk load does not flood channel `events`.
 
 Every seeded user gets a session whose bearer token is `seed-token-<id>`;
-users and events 1..10 are always active.
+users and events 1..10 are always active, and events 1..10 keep 10 free places.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ _NEWSLETTER = 0.4
 _INACTIVE_USERS = 0.1
 _INACTIVE_EVENTS = 0.2
 _TINY_EVENTS = 0.05
-# Users and events with ids up to this are always active, so README examples work.
+# Users and events with ids up to this are always active, and those events
+# keep FREE_PLACES places free, so the README's examples work at any size.
 ALWAYS_ACTIVE = 10
+FREE_PLACES = 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,7 +164,8 @@ def _event(rng: random.Random, event_id: int, users: int) -> EventRow:
     }
     starts = _EVENTS_FROM + timedelta(days=rng.randrange(730), minutes=30 * rng.randrange(24))
     # About one event in twenty is tiny, so some events are full.
-    capacity = rng.randint(3, 8) if rng.random() < _TINY_EVENTS else rng.randint(20, 150)
+    tiny = rng.random() < _TINY_EVENTS and event_id > ALWAYS_ACTIVE
+    capacity = rng.randint(3, 8) if tiny else rng.randint(20, 150)
     active = rng.random() >= _INACTIVE_EVENTS or event_id <= ALWAYS_ACTIVE
     return EventRow(event_id, title, _json(meta), starts, capacity, active, _UPDATED_AT)
 
@@ -176,6 +179,8 @@ def _registrations(
 ) -> list[RegistrationRow]:
     # Open events are kept in a list and swap-removed when full, so each pick is O(1).
     remaining = [min(cap, size.users) for cap in capacities]
+    for i in range(min(ALWAYS_ACTIVE, len(remaining))):
+        remaining[i] = min(capacities[i] - FREE_PLACES, size.users)
     open_events = [i for i, left in enumerate(remaining) if left > 0]
     taken: set[tuple[int, int]] = set()
     rows: list[RegistrationRow] = []

@@ -36,13 +36,17 @@ def test_first_users_and_events_are_active() -> None:
     assert all(u.active for u in data.users[: seed.ALWAYS_ACTIVE])
     assert all(e.active for e in data.events[: seed.ALWAYS_ACTIVE])
     assert not all(u.active for u in data.users)
+    for event in data.events[: seed.ALWAYS_ACTIVE]:
+        taken = sum(r.event_id == event.id for r in data.registrations)
+        assert taken <= event.capacity - seed.FREE_PLACES
 
 
 def test_registrations_respect_capacity_and_uniqueness() -> None:
     data = seed.generate(seed.SeedSize(users=5, events=3, registrations=1000))
     pairs = [(r.user_id, r.event_id) for r in data.registrations]
     assert len(pairs) == len(set(pairs))
-    capacity = {e.id: min(e.capacity, 5) for e in data.events}
+    # All three are among the first ten events, which keep FREE_PLACES free.
+    capacity = {e.id: min(e.capacity - seed.FREE_PLACES, 5) for e in data.events}
     # Asked for more than fits: every event ends up exactly full, never over.
     assert len(pairs) == sum(capacity.values())
 
@@ -114,10 +118,14 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
     return process.returncode or 0, out.decode()
 
 
-async def test_cli_init_db_and_seed_create_a_new_database(pg_server_dsn: str) -> None:
+async def test_cli_init_db_and_seed_create_a_new_database(
+    pg_server_dsn: str, redis_url: str, redis_client
+) -> None:
     name = f"club_cli_{os.getpid()}"
     dsn = dbsetup.with_database(pg_server_dsn, name)
-    env = {"CLUB_PG__CLUB__DSN": dsn}
+    env = {"CLUB_PG__CLUB__DSN": dsn, "CLUB_SETTINGS__REDIS_URL": redis_url}
+    await redis_client.set("club:event:1", "json:plain:{}")
+    await redis_client.set("unrelated", "kept")
     try:
         code, out = await run_cli("init-db", env=env)
         assert code == 0, out
@@ -126,6 +134,9 @@ async def test_cli_init_db_and_seed_create_a_new_database(pg_server_dsn: str) ->
             "seed", "--users", "10", "--events", "2", "--registrations", "5", env=env
         )
         assert code == 0, out
+        # Cached details described the old rows: the reseed drops them, and only them.
+        assert await redis_client.exists("club:event:1") == 0
+        assert await redis_client.get("unrelated") == b"kept"
         conn = await asyncpg.connect(dsn)
         try:
             assert await conn.fetchval("SELECT count(*) FROM registrations") == 5

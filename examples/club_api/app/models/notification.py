@@ -23,16 +23,23 @@ if TYPE_CHECKING:
     from examples.club_api.app.core.api import Store
     from legacy_compat import Cache, Event
 
-__all__ = ["ROUTED_TYPES", "event_cache_key", "push_to_user", "route_events"]
+__all__ = [
+    "EVENT_CACHE_PREFIX",
+    "ROUTED_TYPES",
+    "event_cache_key",
+    "push_to_user",
+    "route_events",
+]
 
 logger = logging.getLogger(__name__)
 
 ROUTED_TYPES: Final = frozenset({"new_registration", "registration_cancelled"})
+EVENT_CACHE_PREFIX: Final = "club:event:"
 
 
 def event_cache_key(event_id: int) -> str:
     """The Redis key of the cached `GET /api/events/{id}` body."""
-    return f"club:event:{event_id}"
+    return f"{EVENT_CACHE_PREFIX}{event_id}"
 
 
 async def push_to_user(store: Store, user_id: int, message: Mapping[str, Any]) -> int:
