@@ -185,10 +185,14 @@ class Database(_Queries):
 
     async def _settle(self, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
         """Leave `conn` outside any transaction, or close it if that is impossible."""
-        if conn.is_closed() or not conn.is_in_transaction():
-            return
         try:
+            if conn.is_closed() or not conn.is_in_transaction():
+                return
             await conn.execute("ROLLBACK")
+        except asyncpg.InterfaceError:
+            # The connection is already gone: the server ended the session (e.g. the
+            # idle-in-transaction backstop) and asyncpg detached it from the pool.
+            return
         except _DRIVER_ERRORS as exc:
             # A connection in an unknown state must not go back to the pool.
             logger.warning(

@@ -328,6 +328,42 @@ async def test_configured_statement_timeout_is_enforced(config_dir: Path) -> Non
     assert info.value.sqlstate == "57014"  # query_canceled
 
 
+async def test_command_timeout_is_a_client_side_database_error(config_dir: Path) -> None:
+    settings = settings_with(config_dir, CLUB_PG__CLUB__COMMAND_TIMEOUT="0.2")
+    async with await PgBank.connect(settings) as bank:
+        with pytest.raises(DatabaseError) as info:
+            await bank.club.execute("SELECT pg_sleep(30)")
+        assert info.value.sqlstate is None
+        assert isinstance(info.value.__cause__, TimeoutError)
+        assert await bank.club.fetchval("SELECT 1") == 1
+
+
+async def test_pool_recovers_when_the_server_backstop_fires(config_dir: Path) -> None:
+    # The backstop set below the client guard, so the server acts first.
+    settings = settings_with(
+        config_dir,
+        CLUB_PG__CLUB__SERVER_SETTINGS__IDLE_IN_TRANSACTION_SESSION_TIMEOUT="200ms",
+        CLUB_PG__CLUB__MIN_SIZE="1",
+        CLUB_PG__CLUB__MAX_SIZE="1",
+    )
+    async with await PgBank.connect(settings) as bank:
+        before = await bank.club.fetchval("SELECT pg_backend_pid()")
+
+        async def idle_too_long() -> None:
+            async with bank.club.transaction() as tx:
+                await tx.execute("SELECT 1")
+                await asyncio.sleep(1.5)  # idle in transaction past 200 ms
+                await tx.execute("SELECT 1")
+
+        with pytest.raises(DatabaseError) as info:
+            await idle_too_long()
+        # A driver error, passed through (not masked by the rollback attempt).
+        assert not isinstance(info.value, TransactionTimeout)
+        assert isinstance(info.value.__cause__, asyncpg.InterfaceError)
+        # The terminated connection was replaced, not handed out again.
+        assert await bank.club.fetchval("SELECT pg_backend_pid()") != before
+
+
 async def test_connect_failure_is_a_database_error_and_leaves_no_pool(
     config_dir: Path, pg_dsn: str, unused_tcp_port_factory: Any
 ) -> None:
