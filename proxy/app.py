@@ -228,7 +228,7 @@ class Proxy:
         status = CLIENT_CLOSED
         if type(response) is PassThroughResponse:
             aborted, body_bytes, status = response.aborted, response.body_bytes, response.status
-            if aborted is not None:
+            if aborted == "upstream":
                 self.metrics.upstream_error(call.target, "aborted")
         elif response is not None:
             body_bytes, status = response.body_length, response.status

@@ -187,6 +187,11 @@ async def _relay(
 ) -> None:
     try:
         await _copy_body(upstream, response)
+    except ConnectionResetError:
+        # The client went away mid-answer: nothing to tell it. The caller's
+        # `finally` closes the upstream connection; aiohttp ends this one.
+        response.aborted = "client"
+        logger.debug("proxy.client_gone", extra={"request_id": request_id})
     except _UpstreamBodyError as exc:
         # Too late for a 502: cut the client connection so it sees a truncated
         # message (short of Content-Length, or no last chunk), never a success.
