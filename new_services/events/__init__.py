@@ -1,0 +1,1 @@
+"""Events: `GET /api/events`, `GET /api/events/{id}` (with the shared Packager cache)."""

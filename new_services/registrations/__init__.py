@@ -1,0 +1,1 @@
+"""Registrations: `POST /api/events/{id}/registrations`, `DELETE .../registrations/me`."""

@@ -1,0 +1,1 @@
+"""Users: `GET /api/users`, `GET /api/users/{id}`, and the `sessions` bearer tokens."""
