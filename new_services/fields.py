@@ -81,7 +81,7 @@ class NaiveUTCDatetimeField(UTCDatetimeField):
     class _db_postgres:  # noqa: N801  (Tortoise's per-dialect naming)
         SQL_TYPE = "TIMESTAMP"
 
-    def to_db_value(self, value: Any, instance: type[Model] | Model) -> dt.datetime | None:
+    def to_db_value(self, value: Any, instance: type[Model] | Model) -> Any:
         aware = super().to_db_value(value, instance)
         # asyncpg's timestamp encoder refuses aware values: send the UTC wall clock.
         return None if aware is None else aware.replace(tzinfo=None)
