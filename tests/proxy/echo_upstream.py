@@ -235,6 +235,7 @@ class EchoUpstream:
                 "body_sha256": req.body_sha256,
                 "body_len": req.body_len,
                 "chunked": req.chunked,
+                "port": self.port,
             }
         ).encode()
         await _send(writer, b"200 OK", [("Content-Type", "application/json")], body)

@@ -210,3 +210,48 @@ async def test_metrics_count_requests_by_route_target_method_status(
     assert 'club_proxy_upstream_errors_total{kind="timeout",target="legacy"} 1.0' in text
     assert 'club_proxy_route_reloads_total{result="failure"} 0.0' in text
     assert "club_proxy_request_duration_seconds_bucket" in text
+
+
+async def test_canary_sends_its_share_to_the_canary_target_sticky_per_client(
+    tmp_path: Path, legacy: EchoUpstream, other: EchoUpstream, aiohttp_client: AiohttpClient
+) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        routes_text(
+            legacy.url,
+            other.url,
+            extra='  - id: reg\n    match: "POST /api/reg"\n    to: legacy\n'
+            '    canary: {to: other, weight: 0.5, sticky: "header:X-User"}\n',
+        ),
+        encoding="utf-8",
+    )
+    client = await aiohttp_client(create_app(routes_path=path, reload_on_sighup=False))
+    sides: dict[str, set[int]] = {}
+    for user in range(40):
+        for _ in range(3):
+            async with client.post("/api/reg", headers={"X-User": f"u{user}"}) as response:
+                assert response.status == 200
+                port = int(json.loads(await response.read())["port"])
+                sides.setdefault(f"u{user}", set()).add(port)
+    # Every client stays on one side; both sides get some clients.
+    assert all(len(ports) == 1 for ports in sides.values())
+    assert {next(iter(p)) for p in sides.values()} == {legacy.port, other.port}
+
+
+async def test_new_as_a_url_is_forwarded_like_an_upstream(
+    tmp_path: Path, legacy: EchoUpstream, other: EchoUpstream, aiohttp_client: AiohttpClient
+) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        f'version: 1\nupstreams: {{legacy: {{url: "{legacy.url}"}}}}\n'
+        f'new: {{url: "{other.url}"}}\ndefault: legacy\n'
+        'routes: [{id: moved, match: "GET /api/moved", to: new}]\n',
+        encoding="utf-8",
+    )
+    client = await aiohttp_client(create_app(routes_path=path, reload_on_sighup=False))
+    async with client.get("/api/moved?x=1") as response:
+        assert response.status == 200
+    async with client.get("/api/other") as response:
+        assert response.status == 200
+    assert [r.target for r in other.received] == [b"/api/moved?x=1"]
+    assert [r.target for r in legacy.received] == [b"/api/other"]
