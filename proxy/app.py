@@ -353,6 +353,7 @@ def create_app(
         reload_on_sighup=reload_on_sighup,
     )
     proxy.metrics.watch_reloads(watcher)
+    proxy.metrics.watch_pools(proxy.pools)
     app = web.Application(
         handler_args=server_handler_args(server_limits or ServerLimits()),
         middlewares=[_non_origin_targets],

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from proxy.reload import RoutesWatcher
+    from proxy.upstreams import UpstreamPools
 
 __all__ = ["CONTENT_TYPE", "DEFAULT_ROUTE", "ProxyMetrics"]
 
@@ -63,6 +64,30 @@ class _ReloadCollector(Collector):
         yield info
 
 
+class _PoolCollector(Collector):
+    """Requests holding each upstream pool (waiting for a connection included)."""
+
+    def __init__(self, pools: UpstreamPools) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterator[Metric]:
+        active = GaugeMetricFamily(
+            "club_proxy_upstream_requests_active",
+            "Requests using an upstream pool; above its limit, the rest wait for a connection.",
+            labels=["upstream"],
+        )
+        limit = GaugeMetricFamily(
+            "club_proxy_upstream_connections_limit",
+            "The upstream pool's connection limit (max_connections).",
+            labels=["upstream"],
+        )
+        for name, pool in sorted(self._pools.current.items()):
+            active.add_metric([name], pool.active)
+            limit.add_metric([name], pool.upstream.max_connections)
+        yield active
+        yield limit
+
+
 class ProxyMetrics:
     """The proxy's metrics; `render()` is the /-/metrics body."""
 
@@ -96,6 +121,10 @@ class ProxyMetrics:
     def watch_reloads(self, watcher: RoutesWatcher) -> None:
         """Export the watcher's reload counters and active table."""
         self.registry.register(_ReloadCollector(watcher))
+
+    def watch_pools(self, pools: UpstreamPools) -> None:
+        """Export how busy each upstream pool is."""
+        self.registry.register(_PoolCollector(pools))
 
     def observe(self, route: str, target: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""

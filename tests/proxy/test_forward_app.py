@@ -11,6 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from aiohttp import web
 
 from proxy.accesslog import ACCESS_LOGGER
 from proxy.app import PROXY, create_app
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from aiohttp.test_utils import TestClient
-    from pytest_aiohttp import AiohttpClient
+    from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 
 def routes_text(legacy: str, other: str, *, orders_to: str = "legacy", extra: str = "") -> str:
@@ -210,6 +211,38 @@ async def test_metrics_count_requests_by_route_target_method_status(
     assert 'club_proxy_upstream_errors_total{kind="timeout",target="legacy"} 1.0' in text
     assert 'club_proxy_route_reloads_total{result="failure"} 0.0' in text
     assert "club_proxy_request_duration_seconds_bucket" in text
+    assert 'club_proxy_upstream_requests_active{upstream="legacy"} 0.0' in text
+    assert 'club_proxy_upstream_connections_limit{upstream="legacy"} 100.0' in text
+
+
+async def test_pool_queueing_is_visible_in_metrics(
+    tmp_path: Path, legacy: EchoUpstream, aiohttp_client: AiohttpClient
+) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        "version: 1\nupstreams:\n"
+        f'  legacy: {{url: "{legacy.url}", max_connections: 2, connect_timeout: 20s}}\n'
+        "default: legacy\nroutes: []\n",
+        encoding="utf-8",
+    )
+    client = await aiohttp_client(create_app(routes_path=path, reload_on_sighup=False))
+    assert client.app is not None
+    metrics = client.app[PROXY].metrics
+    slow = [asyncio.create_task(client.get("/slow?delay=1")) for _ in range(5)]
+    try:
+        await wait_until(
+            lambda: (
+                'club_proxy_upstream_requests_active{upstream="legacy"} 5.0'
+                in metrics.render().decode()
+            )
+        )
+        # Only two reached the upstream; three wait for a pooled connection
+        # (connect_timeout covers that wait, hence 20s here).
+        assert len(legacy.received) <= 2
+    finally:
+        for response in await asyncio.gather(*slow):
+            assert response.status == 200
+            response.release()
 
 
 async def test_canary_sends_its_share_to_the_canary_target_sticky_per_client(
@@ -255,3 +288,29 @@ async def test_new_as_a_url_is_forwarded_like_an_upstream(
         assert response.status == 200
     assert [r.target for r in other.received] == [b"/api/moved?x=1"]
     assert [r.target for r in legacy.received] == [b"/api/other"]
+
+
+async def test_websocket_upgrade_is_relayed_through_the_app(
+    tmp_path: Path, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("v1",))
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_str(f"echo:{message.data}:{request.headers.get('Via')}")
+        return ws
+
+    upstream_app = web.Application()
+    upstream_app.router.add_get("/ws", ws_echo)
+    upstream = await aiohttp_server(upstream_app)
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        f'version: 1\nupstreams: {{legacy: {{url: "{upstream.make_url("")}"}}}}\n'
+        'default: legacy\nroutes: [{id: ws, match: "GET /ws", to: legacy}]\n',
+        encoding="utf-8",
+    )
+    client = await aiohttp_client(create_app(routes_path=path, reload_on_sighup=False))
+    async with client.ws_connect("/ws", protocols=("v2", "v1")) as ws:
+        assert ws.protocol == "v1"
+        await ws.send_str("hi")
+        assert await ws.receive_str() == "echo:hi:1.1 club-proxy"
