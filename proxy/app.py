@@ -12,12 +12,11 @@ step with reloads) and the in-process new app. SIGHUP reloads routes.yaml.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import signal
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 from aiohttp import web
@@ -35,6 +34,7 @@ from proxy.forward import (
     strip_server_defaults,
 )
 from proxy.headers import ForwardingPolicy, request_id_from, upstream_request_headers
+from proxy.inprocess import InProcessApp
 from proxy.metrics import DEFAULT_ROUTE, ProxyMetrics
 from proxy.model import NEW, Upstream
 from proxy.reload import RoutesWatcher
@@ -56,14 +56,6 @@ logger = logging.getLogger(__name__)
 
 # Status logged when the client went away before the answer was complete (nginx's 499).
 CLIENT_CLOSED: Final = 499
-
-
-class InProcess(Protocol):
-    """What the proxy needs of `proxy.inprocess.InProcessApp`."""
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def handle(self, request: web.Request) -> web.StreamResponse: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,7 +108,7 @@ class Proxy:
     access: AccessLog
     pools: UpstreamPools
     reload_on_sighup: bool = True
-    inprocess: InProcess | None = None
+    inprocess: InProcessApp | None = None
     ready: bool = False
     # The `new` target as an upstream when routes.yaml gives it a URL.
     _new_target: NewTarget | None = None
@@ -156,7 +148,7 @@ class Proxy:
     async def _dispatch(self, call: _Call) -> web.StreamResponse:
         if call.target == NEW:
             if self.inprocess is not None:
-                return await self._in_process(call.request, call.rid)
+                return await self._in_process(self.inprocess, call)
             upstream = self._new_as_upstream(call.table)
         else:
             upstream = call.table.upstreams[call.target]
@@ -197,18 +189,21 @@ class Proxy:
             request_id=call.rid,
         )
 
-    async def _in_process(self, request: web.Request, rid: str) -> web.StreamResponse:
-        assert self.inprocess is not None  # noqa: S101 - checked by the caller
-        try:
-            response = await self.inprocess.handle(request)
-        except web.HTTPException:
-            raise
-        except Exception:
-            # A new handler's bug is an answer (500), never a crash of the proxy.
-            logger.exception("proxy.new_handler_failed", extra={"request_id": rid})
-            return error_response(500, "new handler failed", request_id=rid, kind="new")
+    async def _in_process(self, inprocess: InProcessApp, call: _Call) -> web.StreamResponse:
+        # The new handler sees what an upstream would: cleaned headers plus
+        # X-Forwarded-*, Via and X-Request-ID. InProcessApp turns its errors
+        # into answers (500 JSON).
+        request = call.request
+        headers = upstream_request_headers(
+            request.headers,
+            policy=self.policy,
+            peer=request.remote,
+            scheme=request.scheme,
+            request_id=call.rid,
+        )
+        response = await inprocess.handle(request, headers=headers, request_id=call.rid)
         if not response.prepared:
-            response.headers["X-Request-ID"] = rid
+            response.headers["X-Request-ID"] = call.rid
         return response
 
     def _new_as_upstream(self, table: RouteTable) -> Upstream:
@@ -259,9 +254,7 @@ class Proxy:
         await self.watcher.start()
         try:
             if table.new is not None and table.new.app is not None:
-                # Imported by name while proxy.inprocess is written in parallel.
-                module = importlib.import_module("proxy.inprocess")
-                self.inprocess = module.InProcessApp(build_new_app(table.new))
+                self.inprocess = InProcessApp(build_new_app(table.new))
                 await self.inprocess.start()
             try:
                 self._install_sighup()

@@ -314,3 +314,39 @@ async def test_websocket_upgrade_is_relayed_through_the_app(
         assert ws.protocol == "v1"
         await ws.send_str("hi")
         assert await ws.receive_str() == "echo:hi:1.1 club-proxy"
+
+
+async def test_to_new_is_answered_in_process_with_the_new_apps_resources(
+    tmp_path: Path, legacy: EchoUpstream, aiohttp_client: AiohttpClient
+) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        f'version: 1\nupstreams: {{legacy: {{url: "{legacy.url}"}}}}\n'
+        'new: {app: "tests.proxy.newapp_sample:create_app"}\n'
+        "default: legacy\n"
+        "routes:\n"
+        '  - {id: user-get, match: "GET /api/users/{id}", to: new}\n'
+        '  - {id: state, match: "GET /api/state", to: new}\n'
+        '  - {id: reg, match: "POST /api/events/{id}/registrations", to: new}\n',
+        encoding="utf-8",
+    )
+    client = await aiohttp_client(create_app(routes_path=path, reload_on_sighup=False))
+    async with client.get("/api/users/42", headers={"X-Request-ID": "rid-new"}) as response:
+        assert response.status == 200
+        assert response.headers["X-Request-ID"] == "rid-new"
+        assert await response.json() == {
+            "side": "new",
+            "handler": "get_user",
+            "id": "42",
+            "method": "GET",
+        }
+    async with client.get("/api/state") as response:
+        # The new app's cleanup_ctx ran before it served.
+        assert (await response.json())["state"]["started"] is True
+    async with client.post("/api/events/7/registrations", data=b"x" * 70_000) as response:
+        assert response.status == 201
+        assert (await response.json())["body_size"] == 70_000
+    # A `to: new` path the new app does not serve is the new app's 404, not legacy's.
+    async with client.post("/api/events/abc/registrations") as response:
+        assert response.status == 404
+    assert legacy.received == []
