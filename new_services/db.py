@@ -8,7 +8,7 @@ parameters come from pg.toml through `Settings`, so both sides read one config.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 if TYPE_CHECKING:
     from legacy_compat import Settings
@@ -25,14 +25,22 @@ _DEFAULT_PORT: Final = 5432
 
 
 def _credentials(dsn: str) -> dict[str, Any]:
+    """Tortoise credentials from a libpq URL (query `host=` may name a socket directory)."""
     parts = urlsplit(dsn)
-    return {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or _DEFAULT_PORT,
-        "user": unquote(parts.username or ""),
-        "password": unquote(parts.password or ""),
-        "database": unquote(parts.path.lstrip("/")),
+    query = dict(parse_qsl(parts.query))
+    credentials: dict[str, Any] = {
+        "host": query.pop("host", None) or parts.hostname or "127.0.0.1",
+        "port": int(query.pop("port", None) or parts.port or _DEFAULT_PORT),
+        "user": query.pop("user", None) or unquote(parts.username or ""),
+        "password": query.pop("password", None) or unquote(parts.password or ""),
+        "database": query.pop("dbname", None) or unquote(parts.path.lstrip("/")),
     }
+    if "sslmode" in query:
+        credentials["ssl"] = query.pop("sslmode")  # asyncpg takes libpq's mode names
+    if query:
+        msg = f"pg dsn: unsupported query parameters {sorted(query)}"
+        raise ValueError(msg)
+    return credentials
 
 
 def tortoise_config(settings: Settings, *, database: str = "club") -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Direct messages: `POST /api/users/{id}/messages`, delivered through the WebSocket hub."""

@@ -1,0 +1,1 @@
+"""Service endpoints: `GET /health` and `GET /api/stats`."""
