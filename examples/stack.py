@@ -4,9 +4,12 @@ Starts (or takes from `CLUB_PG_DSN` / `CLUB_REDIS_URL`) PostgreSQL and a
 Redis-compatible server, creates the demo database (`CLUB_API_DATABASE`,
 default `club_demo`), applies the reference schema and a seed
 (`CLUB_API_SEED_SCALE` times the default size, default 0.1), starts the
-reference club-api (`CLUB_API_PORT`, default a free port), prints one
-`NAME URL` line per service so people and scripts can find them, and stops
-everything it started on Ctrl-C or SIGTERM.
+reference club-api (`CLUB_API_PORT`, default 8080 when free) and club-proxy
+in front of it (`CLUB_PROXY_PORT`, default 8000, admin API on
+`CLUB_PROXY_ADMIN_PORT`, default 9000) serving `CLUB_ROUTES` (default the
+repository's routes.yaml, edited live), prints one `NAME URL` line per service
+so people and scripts can find them, and stops everything it started on Ctrl-C
+or SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
+import yaml
 
 from examples.club_api import dbsetup, seed
 from examples.club_api.app import CONFIG_DIR
@@ -31,7 +36,8 @@ from examples.devservices import ServiceStartError, start_services
 if TYPE_CHECKING:
     from examples.devservices import DevServices
 
-OUTBOX_SQL = Path(__file__).resolve().parent.parent / "legacy_compat" / "sql" / "outbox.sql"
+ROOT = Path(__file__).resolve().parent.parent
+OUTBOX_SQL = ROOT / "legacy_compat" / "sql" / "outbox.sql"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 
@@ -68,11 +74,13 @@ async def prepare_database(server_dsn: str, redis_url: str) -> str:
 
 
 @dataclass(slots=True, kw_only=True)
-class ClubApiProcess:
-    """The reference club-api, run as `python -m examples.club_api` in its own session."""
+class ChildProcess:
+    """A service run as a child process in its own session (Ctrl-C reaches only us)."""
 
+    name: str
     process: asyncio.subprocess.Process
     url: str
+    ready_url: str
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT."""
@@ -85,53 +93,120 @@ class ClubApiProcess:
                 await self.process.wait()
 
 
-async def _wait_ready(club: ClubApiProcess) -> None:
+async def _wait_ready(child: ChildProcess) -> None:
     async with aiohttp.ClientSession() as session:
         for _ in range(int(READY_TIMEOUT / 0.2)):
-            if club.process.returncode is not None:
-                msg = f"club-api exited with status {club.process.returncode} during startup"
+            if child.process.returncode is not None:
+                msg = f"{child.name} exited with status {child.process.returncode} during startup"
                 raise ServiceStartError(msg)
             with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{club.url}/health") as resp:
+                async with session.get(child.ready_url) as resp:
                     if resp.status == 200:  # noqa: PLR2004
                         return
             await asyncio.sleep(0.2)
-    msg = f"club-api did not answer {club.url}/health within {READY_TIMEOUT:.0f}s"
+    msg = f"{child.name} did not answer {child.ready_url} within {READY_TIMEOUT:.0f}s"
     raise ServiceStartError(msg)
 
 
-async def start_club_api(pg_dsn: str, redis_url: str) -> ClubApiProcess:
-    """Start the reference club-api on the given servers and wait for /health."""
-    port = int(os.environ.get("CLUB_API_PORT") or _free_port())
-    env = {**os.environ, "CLUB_PG__CLUB__DSN": pg_dsn, "CLUB_SETTINGS__REDIS_URL": redis_url}
+async def start_child(
+    name: str, args: list[str], *, env: dict[str, str], url: str, ready_url: str
+) -> ChildProcess:
+    """Start `python args...` and wait until `ready_url` answers 200."""
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "examples.club_api", "--config-dir", str(CONFIG_DIR)),
-        *("--host", "127.0.0.1", "--port", str(port)),
+        sys.executable,
+        *args,
         env=env,
+        cwd=ROOT,
         stdin=subprocess.DEVNULL,
-        stdout=sys.stderr.fileno(),  # its banner and logs are for people, not the NAME URL lines
-        # Its own session: Ctrl-C reaches only us, and we stop it before the servers.
+        stdout=sys.stderr.fileno(),  # banners and logs are for people, not the NAME URL lines
+        # Its own session: Ctrl-C reaches only us, and we stop it in order.
         start_new_session=True,
     )
-    club = ClubApiProcess(process=process, url=f"http://127.0.0.1:{port}")
+    child = ChildProcess(name=name, process=process, url=url, ready_url=ready_url)
     try:
-        await _wait_ready(club)
+        await _wait_ready(child)
     except BaseException:
-        await club.stop()
+        await child.stop()
         raise
-    return club
+    return child
+
+
+def _port(variable: str, preferred: int) -> int:
+    """The port from `variable`, else `preferred` when it is free, else any free port."""
+    if os.environ.get(variable):
+        return int(os.environ[variable])
+    with socket.socket() as sock, contextlib.suppress(OSError):
+        sock.bind(("127.0.0.1", preferred))
+        return preferred
+    return _free_port()
+
+
+def routes_for(club_url: str, tmpdir: Path) -> Path:
+    """The routes file the proxy serves.
+
+    `CLUB_ROUTES` (default: the repository's routes.yaml) as it is, so an edit
+    of it is applied live, when its legacy upstream is where club-api runs;
+    otherwise a copy pointing at club-api, written to `tmpdir`.
+    """
+    routes = Path(os.environ.get("CLUB_ROUTES") or ROOT / "routes.yaml").resolve()
+    data = yaml.safe_load(routes.read_text(encoding="utf-8"))
+    if data["upstreams"]["legacy"]["url"].rstrip("/") == club_url:
+        return routes
+    data["upstreams"]["legacy"]["url"] = club_url
+    new = data.get("new") or {}
+    if new.get("config_dir"):
+        new["config_dir"] = str((routes.parent / new["config_dir"]).resolve())
+    copy = tmpdir / "routes.yaml"
+    copy.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    note(f"routes: {routes} points elsewhere than {club_url}; serving the copy {copy}")
+    return copy
+
+
+async def start_club_api(env: dict[str, str]) -> ChildProcess:
+    """Start the reference club-api (legacy side) and wait for /health."""
+    port = _port("CLUB_API_PORT", 8080)
+    url = f"http://127.0.0.1:{port}"
+    args = ["-m", "examples.club_api", "--config-dir", str(CONFIG_DIR)]
+    args += ["--host", "127.0.0.1", "--port", str(port)]
+    return await start_child("club-api", args, env=env, url=url, ready_url=f"{url}/health")
+
+
+async def start_proxy(env: dict[str, str], routes: Path) -> tuple[ChildProcess, str]:
+    """Start club-proxy in front of club-api; the child and its admin URL."""
+    port = _port("CLUB_PROXY_PORT", 8000)
+    admin_port = _port("CLUB_PROXY_ADMIN_PORT", 9000)
+    url, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    args = ["-m", "proxy", "run", "--routes", str(routes), "--host", "127.0.0.1"]
+    args += ["--port", str(port), "--admin-port", str(admin_port)]
+    child = await start_child("proxy", args, env=env, url=url, ready_url=f"{admin}/-/ready")
+    return child, admin
 
 
 async def run_stack(services: DevServices) -> None:
     announce("postgres", services.pg_dsn)
     announce("redis", services.redis_url)
     demo_dsn = await prepare_database(services.pg_dsn, services.redis_url)
-    club = await start_club_api(demo_dsn, services.redis_url)
-    try:
-        announce("club-api", club.url)
-        await asyncio.Event().wait()  # until a signal cancels us
-    finally:
-        await club.stop()
+    # Both sides read the legacy config; these explicit overrides point it at the demo servers.
+    env = {
+        **os.environ,
+        "CLUB_PG__CLUB__DSN": demo_dsn,
+        "CLUB_SETTINGS__REDIS_URL": services.redis_url,
+    }
+    children: list[ChildProcess] = []
+    with tempfile.TemporaryDirectory(prefix="club-stack-") as tmpdir:
+        try:
+            club = await start_club_api(env)
+            children.append(club)
+            announce("club-api", club.url)
+            proxy, admin = await start_proxy(env, routes_for(club.url, Path(tmpdir)))
+            children.append(proxy)
+            announce("proxy", proxy.url)
+            announce("admin", admin)
+            await asyncio.Event().wait()  # until a signal cancels us
+        finally:
+            # The proxy first, so it never answers 502 for a club-api we stopped.
+            for child in reversed(children):
+                await child.stop()
 
 
 async def serve() -> None:

@@ -18,12 +18,12 @@ WAIT = 90.0
 
 
 async def _announced(stdout: asyncio.StreamReader) -> dict[str, str]:
-    """The `NAME URL` lines up to and including club-api's."""
+    """The `NAME URL` lines up to and including the proxy's admin API."""
     urls: dict[str, str] = {}
-    while "club-api" not in urls:
+    while "admin" not in urls:
         line = (await stdout.readline()).decode()
         if not line:
-            pytest.fail(f"the stack exited before announcing club-api: {urls}")
+            pytest.fail(f"the stack exited before announcing every service: {urls}")
         name, _, url = line.strip().partition(" ")
         urls[name] = url
     return urls
@@ -38,7 +38,7 @@ async def _drop(server_dsn: str, name: str) -> None:
 
 
 async def test_stack_serves_the_seeded_club_api_and_stops_cleanly(
-    pg_server_dsn: str, redis_url: str, tmp_path
+    pg_server_dsn: str, redis_url: str, tmp_path, unused_tcp_port_factory
 ) -> None:
     database = f"club_stack_{uuid.uuid4().hex[:10]}"
     env = {
@@ -47,6 +47,10 @@ async def test_stack_serves_the_seeded_club_api_and_stops_cleanly(
         "CLUB_REDIS_URL": redis_url,
         "CLUB_API_DATABASE": database,
         "CLUB_API_SEED_SCALE": "0.01",
+        # Free ports, so a developer's own `make run` on the defaults does not collide.
+        "CLUB_API_PORT": str(unused_tcp_port_factory()),
+        "CLUB_PROXY_PORT": str(unused_tcp_port_factory()),
+        "CLUB_PROXY_ADMIN_PORT": str(unused_tcp_port_factory()),
     }
     with (tmp_path / "stderr.txt").open("w") as stderr:
         stack = await asyncio.create_subprocess_exec(
@@ -65,12 +69,19 @@ async def test_stack_serves_the_seeded_club_api_and_stops_cleanly(
             async with session.get(f"{club}/api/stats") as resp:
                 stats = await resp.json()
             assert (stats["users"], stats["events"], stats["registrations"]) == (100, 10, 500)
+            # The proxy fronts the same data, whichever side routes.yaml picks.
+            async with session.get(f"{urls['proxy']}/api/stats") as resp:
+                assert resp.status == 200
+                assert await resp.json() == stats
+            async with session.get(f"{urls['admin']}/-/routes") as resp:
+                assert resp.status == 200
 
             stack.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(stack.wait(), WAIT) == 0
-            # The club-api process went with it.
-            with pytest.raises(aiohttp.ClientConnectionError):
-                await session.get(f"{club}/health")
+            # The club-api and proxy processes went with it.
+            for url in (f"{club}/health", f"{urls['proxy']}/api/stats"):
+                with pytest.raises(aiohttp.ClientConnectionError):
+                    await session.get(url)
     finally:
         if stack.returncode is None:
             stack.kill()
