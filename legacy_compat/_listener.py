@@ -120,6 +120,7 @@ class Listener:
         health_interval: float = 10.0,
         health_timeout: float = 5.0,
         connect_timeout: float = 10.0,
+        query_timeout: float = 30.0,
         application_name: str = "legacy_compat.pgqueue",
     ) -> None:
         self._dsn = dsn
@@ -130,6 +131,7 @@ class Listener:
         self._health_interval = health_interval
         self._health_timeout = health_timeout
         self._connect_timeout = connect_timeout
+        self._query_timeout = query_timeout
         self._application_name = application_name
         self.lock = asyncio.Lock()
         self._conn: Connection | None = None
@@ -174,11 +176,18 @@ class Listener:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        # A task cancelled before it first ran never reached its `finally`.
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await _close(conn)
 
     async def _open(self) -> Connection:
         conn = await asyncpg.connect(
             self._dsn,
             timeout=self._connect_timeout,
+            # Bounds every query, so that a consumer stuck on a dead network
+            # path releases `lock` and the health check can notice.
+            command_timeout=self._query_timeout,
             server_settings={"application_name": self._application_name},
         )
         try:
@@ -241,8 +250,8 @@ class Listener:
             )
         finally:
             self._conn = None
-            if not conn.is_closed():
-                conn.terminate()
+            async with self.lock:  # not under a consumer's query
+                await _close(conn)
 
     async def _watch(self, conn: Connection, lost: asyncio.Event) -> None:
         while True:
@@ -261,3 +270,16 @@ class Listener:
         except Exception:
             # A bug in the consumer must not break asyncpg's protocol callback.
             logger.exception("legacy_compat.listener.notify_failed", extra={"channel": channel})
+
+
+async def _close(conn: Connection) -> None:
+    """Close politely, so the server has dropped our advisory locks when this returns."""
+    if conn.is_closed():
+        return
+    try:
+        await asyncio.wait_for(conn.close(), 2.0)
+    except _CONNECTION_ERRORS:
+        conn.terminate()  # dead or unresponsive: just drop the socket
+    except asyncio.CancelledError:
+        conn.terminate()
+        raise

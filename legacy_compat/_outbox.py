@@ -52,7 +52,14 @@ logger = logging.getLogger("legacy_compat.pgqueue")
 OUTBOX_CHANNEL: Final = "club_events"
 
 # What a lost connection raises mid-query; the listener reconnects and wakes us.
-_CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError: the connection was being closed under the query.
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 # First wait before looking at a gap again; doubles up to poll_interval.
 _GAP_RETRY: Final = 0.005
@@ -112,6 +119,7 @@ class OutboxConsumer:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
+        self._stopping = False
         self._leader: Connection | None = None  # the connection holding our lock
         self._next_attempt = 0.0
         self._last_id = 0
@@ -134,16 +142,26 @@ class OutboxConsumer:
             self._wake.set()
 
     async def on_connect(self, connection: Connection, *, reconnect: bool) -> None:
-        """Catch up now: the lock went with the old connection, events may have been missed."""
-        del connection, reconnect
-        self._next_attempt = 0.0
+        """Register and try to lead now, then catch up from the saved offset.
+
+        Done inside `start()` for the first connection, so a queue that was
+        started has registered its consumer name, even if stopped at once.
+        """
+        del reconnect
+        self._leader, self._gap, self._next_attempt = None, None, 0.0
+        await self._lead(connection)
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Finish the chunk in hand, save its offset, then end `run()`."""
+        self._stopping = True
         self._wake.set()
 
     async def close(self) -> None:
         """Nothing buffered: undelivered events stay in the table."""
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             timeout = self._gap_delay if self._gap is not None else self._poll_interval
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -152,10 +170,17 @@ class OutboxConsumer:
             try:
                 await self._drain()
             except _CONNECTION_ERRORS as exc:
+                # The listener reconnects and wakes us; lead and read the offset again.
                 self._leader, self._gap = None, None
                 logger.info(
                     "legacy_compat.pgqueue.consumer_interrupted",
                     extra={"consumer": self._name, "error": repr(exc)},
+                )
+            except Exception:
+                # A bug must not end delivery for good: log it, retry after a poll interval.
+                self._leader, self._gap = None, None
+                logger.exception(
+                    "legacy_compat.pgqueue.consumer_failed", extra={"consumer": self._name}
                 )
 
     async def _drain(self) -> None:
@@ -170,6 +195,8 @@ class OutboxConsumer:
             for chunk in self._chunks(events):
                 await self._router.dispatch(chunk)
                 await self._save(conn, chunk[-1])
+                if self._stopping:  # the chunk in hand is done and saved
+                    return
                 if self._mode is DebounceMode.LEGACY:
                     await asyncio.sleep(self._window)
 
@@ -188,6 +215,9 @@ class OutboxConsumer:
         async with self._listener.lock:
             await conn.execute(queries()["register_consumer"], self._name)
             if not await conn.fetchval(queries()["lock_consumer"], self._name):
+                logger.debug(
+                    "legacy_compat.pgqueue.consumer_standby", extra={"consumer": self._name}
+                )
                 return False
             # Read after the lock is ours: the previous leader's last save is in.
             self._last_id = int(await conn.fetchval(queries()["read_offset"], self._name))

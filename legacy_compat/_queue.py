@@ -1,38 +1,33 @@
 """PgQueue: club-api's event stream (LISTEN/NOTIFY), routed, debounced and durable.
 
-Plain mode (`durable=None`) LISTENs on `channel` for the legacy JSON payloads
-(`{"type": "new_registration", "user_id": 123}`) that club-api's triggers send.
-It is best effort, like NOTIFY itself: whatever is sent while the listener is
-reconnecting is lost, so `on_reconnect` is the caller's cue to re-read state.
-Durable mode (`durable="consumer-name"`) reads the outbox table instead and
-loses nothing (see `_outbox.py` and docs/events.md).
+Plain mode (`durable=None`, `_plain.py`) LISTENs on `channel` for the legacy
+JSON payloads (`{"type": "new_registration", "user_id": 123}`) that club-api's
+triggers send; best effort, like NOTIFY itself. Durable mode
+(`durable="consumer-name"`, `_outbox.py`) reads the outbox table instead and
+loses nothing. docs/events.md has the whole story.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import asyncpg
-import orjson
 
 from legacy_compat._events import (
-    BadPayload,
     Counters,
     DebounceMode,
-    Event,
     Handler,
     QueueStats,
     ReconnectHook,
     Router,
     encode_notification,
-    parse_notification,
 )
 from legacy_compat._listener import Backoff, Listener
 from legacy_compat._outbox import OUTBOX_CHANNEL, OutboxConsumer
+from legacy_compat._plain import PlainSource
 from legacy_compat.errors import QueueError
 
 if TYPE_CHECKING:
@@ -54,99 +49,8 @@ class _Source(Protocol):
     def on_notification(self, payload: str) -> None: ...
     async def on_connect(self, connection: Connection, *, reconnect: bool) -> None: ...
     async def run(self) -> None: ...
+    def request_stop(self) -> None: ...
     async def close(self) -> None: ...
-
-
-class _PlainSource:
-    """Plain mode: parse each notification and pace it through a bounded buffer."""
-
-    def __init__(
-        self,
-        *,
-        router: Router,
-        counters: Counters,
-        mode: DebounceMode,
-        window: float,
-        max_pending: int,
-    ) -> None:
-        self._router = router
-        self._counters = counters
-        self._mode = mode
-        self._window = window
-        self._max_pending = max_pending
-        # Coalesce: pending events keyed by (type, canonical payload), so that
-        # identical payloads merge. Legacy: a FIFO of single events.
-        self._pending: dict[tuple[str, bytes], Event] = {}
-        self._fifo: collections.deque[Event] = collections.deque()
-        self._overflowing = False
-        self._ready = asyncio.Event()
-
-    def on_notification(self, payload: str) -> None:
-        try:
-            event = parse_notification(payload)
-        except BadPayload as exc:
-            self._counters.add("bad_payloads")
-            logger.warning(
-                "legacy_compat.pgqueue.bad_payload",
-                extra={"reason": str(exc), "payload": payload[:200]},
-            )
-            return
-        self._counters.add("received")
-        self._push(event)
-
-    def _push(self, event: Event) -> None:
-        if self._mode is DebounceMode.LEGACY:
-            full = len(self._fifo) >= self._max_pending
-            if not full:
-                self._fifo.append(event)
-        else:
-            key = (event.type, orjson.dumps(event.payload, option=orjson.OPT_SORT_KEYS))
-            if key in self._pending:
-                self._counters.add("merged")
-                return
-            full = len(self._pending) >= self._max_pending
-            if not full:
-                self._pending[key] = event
-        if full:
-            self._counters.add("dropped")
-            if not self._overflowing:  # one line per overflow episode, not per event
-                self._overflowing = True
-                logger.warning(
-                    "legacy_compat.pgqueue.overflow",
-                    extra={"max_pending": self._max_pending, "type": event.type},
-                )
-            return
-        self._overflowing = False
-        self._ready.set()
-
-    async def on_connect(self, connection: Connection, *, reconnect: bool) -> None:
-        """Nothing to catch up on: plain NOTIFYs sent during a gap are gone."""
-
-    async def run(self) -> None:
-        while True:
-            await self._ready.wait()
-            if self._mode is DebounceMode.LEGACY:
-                await self._router.dispatch([self._fifo.popleft()])
-                if not self._fifo:
-                    self._ready.clear()
-                await asyncio.sleep(self._window)
-            else:
-                # The window starts at the first pending event, which bounds latency.
-                await asyncio.sleep(self._window)
-                await self._flush()
-
-    async def _flush(self) -> None:
-        batch, self._pending = list(self._pending.values()), {}
-        self._ready.clear()
-        if batch:
-            await self._router.dispatch(batch)
-
-    async def close(self) -> None:
-        """Deliver what coalesce mode still holds; legacy mode's backlog is dropped and counted."""
-        if self._fifo:
-            self._counters.add("dropped", len(self._fifo))
-            self._fifo.clear()
-        await self._flush()
 
 
 class PgQueue:
@@ -178,6 +82,7 @@ class PgQueue:
         poll_interval: float = 1.0,
         backoff: Backoff | None = None,
         health_interval: float = 10.0,
+        stop_timeout: float = 5.0,
     ) -> None:
         if window < 0 or max_pending < 1 or batch_size < 1 or poll_interval <= 0:
             msg = "PgQueue needs window >= 0, max_pending >= 1, batch_size >= 1, poll_interval > 0"
@@ -196,6 +101,7 @@ class PgQueue:
         self._poll_interval = poll_interval
         self._backoff = backoff
         self._health_interval = health_interval
+        self._stop_timeout = stop_timeout
         self._counters = Counters()
         self._router = Router(self._counters)
         self._listener: Listener | None = None
@@ -244,21 +150,35 @@ class PgQueue:
             raise
 
     async def stop(self) -> None:
-        """Stop listening, deliver what coalesce mode holds, close connections."""
+        """Stop delivering and listening, deliver what coalesce mode holds, close connections.
+
+        A handler call in progress is cancelled; in durable mode its events
+        are delivered again at the next start (their offset was not saved).
+        """
         listener, self._listener = self._listener, None
         task, self._task = self._task, None
         source, self._source = self._source, None
+        # The consumer first: it queries the listener's connection.
+        if task is not None and source is not None:
+            await self._stop_source(source, task)
         if listener is not None:
             await listener.stop()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         if source is not None:
             await source.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    async def _stop_source(self, source: _Source, task: asyncio.Task[None]) -> None:
+        # Durable mode may finish the chunk in hand (and save its offset), so
+        # a routine restart does not hand the same events over again.
+        source.request_stop()
+        grace = self._stop_timeout if self._durable is not None else 0
+        done, _ = await asyncio.wait({task}, timeout=grace)
+        if not done:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -302,7 +222,7 @@ class PgQueue:
 
     def _make_source(self, listener: Listener) -> _Source:
         if self._durable is None:
-            return _PlainSource(
+            return PlainSource(
                 router=self._router,
                 counters=self._counters,
                 mode=self._mode,
