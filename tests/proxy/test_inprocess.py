@@ -80,6 +80,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for msg in ws:
+        await ws.send_str(f"{request.app[NAME]}:{msg.data}")
+    return ws
+
+
 @web.middleware
 async def tag(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -122,6 +130,7 @@ def new_app(events: list[str], *, fail_second_ctx: bool = False) -> web.Applicat
     app.router.add_get("/boom", boom)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/stream", stream)
+    app.router.add_get("/ws", ws_echo)
     return app
 
 
@@ -309,3 +318,13 @@ async def test_expect_continue_is_answered_once(
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_websocket_handler_of_the_new_app(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    # The hub's `serve(request, user_id)` runs like this: prepared on the clone,
+    # which shares the client connection.
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_str("hi")
+        assert await ws.receive_str(timeout=10) == "new:hi"
