@@ -82,6 +82,7 @@ class PgQueue:
         poll_interval: float = 1.0,
         backoff: Backoff | None = None,
         health_interval: float = 10.0,
+        health_timeout: float = 5.0,
         stop_timeout: float = 5.0,
     ) -> None:
         if window < 0 or max_pending < 1 or batch_size < 1 or poll_interval <= 0:
@@ -101,6 +102,7 @@ class PgQueue:
         self._poll_interval = poll_interval
         self._backoff = backoff
         self._health_interval = health_interval
+        self._health_timeout = health_timeout
         self._stop_timeout = stop_timeout
         self._counters = Counters()
         self._router = Router(self._counters)
@@ -217,6 +219,7 @@ class PgQueue:
             on_connect=self._on_connect,
             backoff=self._backoff,
             health_interval=self._health_interval,
+            health_timeout=self._health_timeout,
             application_name=f"pgqueue:{self._durable}" if durable else f"pgqueue:{self._channel}",
         )
 
