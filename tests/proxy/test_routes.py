@@ -142,9 +142,14 @@ def test_repo_routes_yaml_loads() -> None:
     assert table.new is not None
     assert table.new.config_dir == ROOT / "examples" / "club_api" / "app" / "config"
     assert table.match("GET", "/api/users/5").route.id == "user-get"  # type: ignore[union-attr]
+    assert table.match("GET", "/api/users/5").target == "new"  # the cutover example has moved it
     assert table.match("DELETE", "/api/events/5/registrations/me").target == "legacy"
+    canary = table.match("POST", "/api/events/5/registrations").route
+    assert canary is not None
+    assert canary.canary is not None
+    assert canary.canary.to == "new"
     assert table.match("GET", "/not/listed").route is None
-    assert not table.uses_new  # nothing is cut over yet
+    assert table.uses_new
 
 
 # --- loading: errors -----------------------------------------------------------------
