@@ -47,15 +47,31 @@ def durable(dsn: str | Settings, name: str = "push", **options: Any) -> PgQueue:
     return PgQueue(dsn, durable=name, **options)
 
 
-async def emit_many(dsn: str, count: int, *, producers: int = 4, kind: str = "e") -> list[int]:
-    """`count` events, one transaction each, from concurrent connections (ids commit out of order)."""
+async def emit_many(
+    dsn: str,
+    count: int,
+    *,
+    producers: int = 4,
+    kind: str = "e",
+    pause_at: int | None = None,
+    resume: asyncio.Event | None = None,
+) -> list[int]:
+    """`count` events, one transaction each, from concurrent connections (ids commit out of order).
+
+    With `pause_at`, events numbered from there on wait for `resume`.
+    """
 
     async def producer(first: int) -> list[int]:
         conn = await asyncpg.connect(dsn)
+        ids = []
         try:
-            return [await emit(conn, kind, {"n": n}) for n in range(first, count, producers)]
+            for n in range(first, count, producers):
+                if pause_at is not None and resume is not None and n >= pause_at:
+                    await resume.wait()
+                ids.append(await emit(conn, kind, {"n": n}))
         finally:
             await conn.close()
+        return ids
 
     batches = await asyncio.gather(*(producer(k) for k in range(producers)))
     return sorted(i for batch in batches for i in batch)
@@ -155,12 +171,16 @@ async def test_reconnect_mid_burst_of_10000_loses_nothing(pg_dsn: str) -> None:
     queue = durable(pg_dsn, on_reconnect=on_reconnect, backoff=Backoff(initial=0.5, jitter=0))
     queue.on("e", got)
     async with queue:
+        halfway = asyncio.Event()
 
         async def killer() -> None:
             await wait_until(lambda: len(got.handled) >= 1_000)
             await terminate_listener(queue, pg_dsn)
+            halfway.set()  # the second half is written while the listener is away
 
-        emitted, _ = await asyncio.gather(emit_many(pg_dsn, 10_000), killer())
+        emitted, _ = await asyncio.gather(
+            emit_many(pg_dsn, 10_000, pause_at=5_000, resume=halfway), killer()
+        )
         await wait_until(lambda: len(got.handled) == 10_000)
         stats = queue.stats()
     assert reconnected.is_set()
