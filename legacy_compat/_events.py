@@ -26,7 +26,7 @@ __all__ = [
     "parse_notification",
 ]
 
-logger = logging.getLogger("legacy_compat.pgqueue")
+logger = logging.getLogger(__name__)
 
 # PostgreSQL refuses NOTIFY payloads of this many bytes or more (docs: "must
 # be shorter than 8000 bytes" in the default configuration).

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OUTBOX_CHANNEL", "OutboxConsumer", "emit"]
 
-logger = logging.getLogger("legacy_compat.pgqueue")
+logger = logging.getLogger(__name__)
 
 # The channel `club_emit` NOTIFYs ids on (sql/outbox.sql).
 OUTBOX_CHANNEL: Final = "club_events"

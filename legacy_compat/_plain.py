@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PlainSource"]
 
-logger = logging.getLogger("legacy_compat.pgqueue")
+logger = logging.getLogger(__name__)
 
 
 class PlainSource:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PgQueue"]
 
-logger = logging.getLogger("legacy_compat.pgqueue")
+logger = logging.getLogger(__name__)
 
 
 class _Source(Protocol):
