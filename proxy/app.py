@@ -201,6 +201,11 @@ class Proxy:
             scheme=request.scheme,
             request_id=call.rid,
         )
+        if "Upgrade" in request.headers and is_websocket_upgrade(request):
+            # Upgrade and Connection are hop-by-hop between two HTTP hops, but
+            # in-process the new handler is the WebSocket endpoint and needs them.
+            headers["Upgrade"] = request.headers["Upgrade"]
+            headers["Connection"] = "Upgrade"
         response = await inprocess.handle(request, headers=headers, request_id=call.rid)
         if not response.prepared:
             response.headers["X-Request-ID"] = call.rid

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 import yaml
-from aiohttp import WSMsgType, WSServerHandshakeError
+from aiohttp import WSMsgType
 
 from examples.club_api.app import create_app as create_legacy_app
 from legacy_compat import load_settings
@@ -170,10 +170,6 @@ async def test_socket_and_messages_on_new_out_of_process(walk_args) -> None:
     await _same(proxy, direct, "DELETE", "/api/events/2/registrations/me", headers=U1)
 
 
-@pytest.mark.xfail(
-    reason="proxy bug: Proxy._in_process strips Upgrade/Connection before in-process dispatch",
-    raises=WSServerHandshakeError,
-)
 async def test_socket_on_new_in_process(walk_args) -> None:
     proxy, _direct = await start_walk(*walk_args, move={"ws": "new"}, new_url=False)
     async with proxy.ws_connect("/ws?token=seed-token-2") as ws:
