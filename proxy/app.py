@@ -335,18 +335,20 @@ def create_app(
     server_limits: ServerLimits | None = None,
     client_limits: ClientLimits | None = None,
     metrics: ProxyMetrics | None = None,
+    access_log: AccessLog | None = None,
 ) -> web.Application:
     """The proxy application for `routes_path` (RoutesError now if the file is invalid).
 
     `trusted_proxies` are the CIDRs whose X-Forwarded-* headers are kept;
-    `pseudonym` is this proxy's name in `Via`.
+    `pseudonym` is this proxy's name in `Via`. `access_log` defaults to lines
+    on the `proxy.access` logger; `club-proxy run` passes a buffered stdout one.
     """
     watcher = RoutesWatcher(routes_path, poll_interval=poll_interval)
     proxy = Proxy(
         watcher=watcher,
         policy=ForwardingPolicy.from_cidrs(trusted_proxies, pseudonym=pseudonym),
         metrics=metrics or ProxyMetrics(),
-        access=AccessLog(),
+        access=access_log or AccessLog(),
         pools=UpstreamPools(limits=client_limits or ClientLimits()),
         reload_on_sighup=reload_on_sighup,
     )
