@@ -2,11 +2,20 @@
 
 Two club-proxy processes on the same seeded database and Redis: one whose
 routes.yaml sends every endpoint to the legacy club-api (a third process, one
-HTTP hop behind the proxy), one that sends every endpoint to new_services
-in-process. `wrk` (or, without it, nothing: the bench says so) drives each
-endpoint on each proxy in short alternating runs, several rounds; the table
-shows medians of req/s and p50/p99 latency and the new/legacy throughput ratio.
+HTTP hop behind the proxy; this proxy loads no new_services at all), one that
+sends every endpoint to new_services in-process. `wrk` drives each endpoint on
+each proxy in short runs, the two sides back to back with the order alternating
+per round, several rounds. Reported per endpoint:
 
+- req/s and p50/p99 latency: medians over the rounds;
+- new/legacy: the median of the per-round paired ratios, with their range
+  (the spread is what this shared 2-core machine does to a 2 s run);
+- CPU per request of the serving processes (proxy, plus club-api on the legacy
+  side), of PostgreSQL (postmaster and backends, when it is local) and of Redis
+  (`INFO cpu`): milliseconds of CPU divided by requests served, a figure that
+  contention on the machine moves far less than req/s.
+
+Knobs: BENCH_ROUNDS (5), BENCH_DURATION (wrk seconds per run, 2).
 Goal (issue 5): every new route at least as fast as its legacy twin.
 """
 
@@ -19,20 +28,29 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
+import asyncpg
+import psutil  # type: ignore[import-untyped]  # no stubs; bench-only
+import redis
 
 from bench._results import markdown_table, record
 from examples.club_api.app import CONFIG_DIR
 from examples.devservices import start_services
 from examples.stack import ChildProcess, _free_port, prepare_database, start_child
+from new_services.registry import ENDPOINTS as NEW_ENDPOINTS
 
-ROUNDS = 3
-DURATION = "2s"
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+DURATION = int(os.environ.get("BENCH_DURATION", "2"))
 CONNECTIONS = 16
 AUTH = "Authorization: Bearer seed-token-1"
+SIDES = ("legacy", "new")
 # (name, method, path, body): GETs, an authenticated write that answers 409 every
-# time after the first (auth + row lock + checks), and a direct message.
-ENDPOINTS: list[tuple[str, str, str, str | None]] = [
+# time after the first (auth + the registration checks), and a direct message.
+Endpoint = tuple[str, str, str, str | None]
+ENDPOINTS: list[Endpoint] = [
     ("GET /api/users/{id}", "GET", "/api/users/42", None),
     ("GET /api/users", "GET", "/api/users?active=true&limit=20&offset=100", None),
     ("GET /api/events", "GET", "/api/events?limit=20", None),
@@ -41,28 +59,33 @@ ENDPOINTS: list[tuple[str, str, str, str | None]] = [
     ("POST .../registrations (409)", "POST", "/api/events/1/registrations", ""),
     ("POST /api/users/{id}/messages", "POST", "/api/users/2/messages", '{"text": "hi"}'),
 ]
-PATHS = [
-    ("/health", "GET"),
-    ("/api/stats", "GET"),
-    ("/api/users", "GET"),
-    ("/api/users/{id}", "GET"),
-    ("/api/users/{id}/messages", "POST"),
-    ("/api/events", "GET"),
-    ("/api/events/{id}", "GET"),
-    ("/api/events/{id}/registrations", "POST"),
-    ("/api/events/{id}/registrations/me", "DELETE"),
-    ("/ws", "GET"),
-]
+# Every path new_services serves, routed to one side.
+PATHS = [(path, method) for method, path, _ in NEW_ENDPOINTS]
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One wrk run: throughput, latency, errors and CPU ms per request."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    app_cpu: float
+    db_cpu: float | None
+    redis_cpu: float
 
 
 def routes_text(legacy_url: str, to: str) -> str:
     lines = [
         "version: 1",
         f'upstreams: {{legacy: {{url: "{legacy_url}", max_connections: 100}}}}',
-        f'new: {{app: "new_services.app:create_app", config_dir: "{CONFIG_DIR}"}}',
-        "default: legacy",
-        "routes:",
     ]
+    if to == "new":
+        # Only the new side runs new_services: the legacy proxy must not pay for
+        # its pools, listener and hub subscription (they would share the cores).
+        lines.append(f'new: {{app: "new_services.app:create_app", config_dir: "{CONFIG_DIR}"}}')
+    lines += ["default: legacy", "routes:"]
     lines += [
         f'  - {{id: r{i}, match: "{method} {path}", to: {to}}}'
         for i, (path, method) in enumerate(PATHS)
@@ -83,9 +106,53 @@ async def start_proxy(name: str, routes: Path, env: dict[str, str]) -> ChildProc
     )
 
 
-def wrk(url: str, method: str, body: str | None, script_dir: Path) -> tuple[float, float, float]:
-    """(req/s, p50 ms, p99 ms) of one wrk run."""
-    args = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}", "--latency", "-H", AUTH]
+class CpuMeter:
+    """CPU seconds used so far by the serving processes of a side, PostgreSQL and Redis."""
+
+    def __init__(
+        self, sides: dict[str, list[int]], postmaster: psutil.Process | None, redis_url: str
+    ) -> None:
+        self._sides = {side: [psutil.Process(pid) for pid in pids] for side, pids in sides.items()}
+        self._postmaster = postmaster
+        self._redis = redis.Redis.from_url(redis_url)
+
+    def snapshot(self, side: str) -> tuple[float, float | None, float]:
+        app = sum(_cpu(proc) for proc in self._sides[side])
+        db = None
+        if self._postmaster is not None:
+            db = _cpu(self._postmaster) + sum(_cpu(c) for c in self._postmaster.children())
+        info = self._redis.info("cpu")
+        return app, db, float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _cpu(proc: psutil.Process) -> float:
+    try:
+        times = proc.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0  # a backend that ended between listing and reading
+    return float(times.user + times.system)
+
+
+async def postmaster(dsn: str) -> psutil.Process | None:
+    """The local PostgreSQL server process (from postmaster.pid), else None."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        data_directory = str(await conn.fetchval("SHOW data_directory"))
+    finally:
+        await conn.close()
+    try:
+        pid_file = Path(data_directory) / "postmaster.pid"
+        return psutil.Process(int(pid_file.read_text(encoding="utf-8").split()[0]))
+    except (OSError, ValueError, psutil.Error):
+        return None  # a remote or foreign server: its CPU is not ours to read
+
+
+def wrk(url: str, method: str, body: str | None, script_dir: Path) -> tuple[float, ...]:
+    """(req/s, p50 ms, p99 ms, requests, errors) of one wrk run."""
+    args = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", "-H", AUTH]
     if method != "GET":
         script = script_dir / f"{method}-{abs(hash(body))}.lua"
         lua_body = (body or "").replace("\\", "\\\\").replace('"', '\\"')
@@ -96,34 +163,77 @@ def wrk(url: str, method: str, body: str | None, script_dir: Path) -> tuple[floa
         )
         args += ["-s", str(script)]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
-    return rps, _latency(out, "50%"), _latency(out, "99%")
+    rps = float(_find(r"Requests/sec:\s+([\d.]+)", out))
+    requests = float(_find(r"(\d+) requests in", out))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return rps, _latency(out, "50%"), _latency(out, "99%"), requests, float(errors)
+
+
+def _find(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    if match is None:
+        msg = f"wrk output without {pattern!r}:\n{text}"
+        raise RuntimeError(msg)
+    return match[1]
 
 
 def _latency(out: str, pct: str) -> float:
-    value, unit = re.search(rf"{pct}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    match = re.search(rf"{pct}\s+([\d.]+)(us|ms|s)", out)
+    if match is None:
+        msg = f"wrk output without the {pct} latency:\n{out}"
+        raise RuntimeError(msg)
+    return float(match[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match[2]]
+
+
+def measure(meter: CpuMeter, side: str, url: str, endpoint: Endpoint, tmp: Path) -> Run:
+    _, method, _, body = endpoint
+    before = meter.snapshot(side)
+    rps, p50, p99, requests, errors = wrk(url, method, body, tmp)
+    after = meter.snapshot(side)
+    per_request = 1000.0 / max(requests, 1.0)
+    app = (after[0] - before[0]) * per_request
+    db = None if after[1] is None or before[1] is None else (after[1] - before[1]) * per_request
+    return Run(rps, p50, p99, int(errors), app, db, (after[2] - before[2]) * per_request)
 
 
 async def _prime(base: str) -> None:
-    """Register user 1 for event 1 once (later POSTs answer 409) and warm both sides."""
-    import aiohttp  # noqa: PLC0415
-
+    """Register user 1 for event 1 once (later POSTs answer 409) and warm every path."""
     async with aiohttp.ClientSession(headers={"Authorization": "Bearer seed-token-1"}) as s:
         async with s.post(f"{base}/api/events/1/registrations") as resp:
             await resp.read()
         for _, method, path, body in ENDPOINTS:
-            for _ in range(20):
+            for _ in range(100):
                 async with s.request(method, base + path, data=body) as resp:
                     await resp.read()
 
 
-async def run() -> str:
+async def _start(sides: dict[str, list[ChildProcess]], tmp: Path, env: dict[str, str]) -> None:
+    """club-api, then one proxy per side, into `sides` as they start (the proxy first)."""
+    port = _free_port()
+    club = await start_child(
+        "club-api",
+        ["-m", "examples.club_api", "--port", str(port)],
+        env=env,
+        url=f"http://127.0.0.1:{port}",
+        ready_url=f"http://127.0.0.1:{port}/health",
+    )
+    sides["legacy"] = [club]
+    for side in SIDES:
+        routes_path = tmp / f"{side}.yaml"
+        routes_path.write_text(routes_text(club.url, side), encoding="utf-8")
+        proxy = await start_proxy(f"proxy-{side}", routes_path, env)
+        sides[side] = [proxy, *sides.get(side, [])]
+
+
+async def run() -> dict[tuple[str, str], list[Run]]:
     services = start_services(
         pg_dsn=os.environ.get("CLUB_PG_DSN") or None,
         redis_url=os.environ.get("CLUB_REDIS_URL") or None,
     )
-    children: list[ChildProcess] = []
+    results: dict[tuple[str, str], list[Run]] = {
+        (name, side): [] for name, *_ in ENDPOINTS for side in SIDES
+    }
+    sides: dict[str, list[ChildProcess]] = {}
     try:
         dsn = await prepare_database(services.pg_dsn, services.redis_url)
         env = {
@@ -131,92 +241,108 @@ async def run() -> str:
             "CLUB_PG__CLUB__DSN": dsn,
             "CLUB_SETTINGS__REDIS_URL": services.redis_url,
         }
-        port = _free_port()
-        club = await start_child(
-            "club-api",
-            ["-m", "examples.club_api", "--port", str(port)],
-            env=env,
-            url=f"http://127.0.0.1:{port}",
-            ready_url=f"http://127.0.0.1:{port}/health",
-        )
-        children.append(club)
         with tempfile.TemporaryDirectory(prefix="bench-endpoints-") as tmp:
-            root = Path(tmp)
-            proxies = {}
-            for side in ("legacy", "new"):
-                routes_path = root / f"{side}.yaml"
-                routes_path.write_text(routes_text(club.url, side), encoding="utf-8")
-                proxies[side] = await start_proxy(f"proxy-{side}", routes_path, env)
-                children.append(proxies[side])
-            await _prime(proxies["legacy"].url)
-            await _prime(proxies["new"].url)
-            results: dict[tuple[str, str], list[tuple[float, float, float]]] = {
-                (name, side): [] for name, *_ in ENDPOINTS for side in proxies
-            }
-            for round_no in range(ROUNDS):
-                order = ["legacy", "new"] if round_no % 2 == 0 else ["new", "legacy"]
-                for name, method, path, body in ENDPOINTS:
-                    for side in order:
-                        url = proxies[side].url + path
-                        results[(name, side)].append(wrk(url, method, body, root))
+            await _start(sides, Path(tmp), env)
+            for side in SIDES:
+                await _prime(sides[side][0].url)
+            pids = {side: [c.process.pid for c in children] for side, children in sides.items()}
+            meter = CpuMeter(pids, await postmaster(dsn), services.redis_url)
+            try:
+                for round_no in range(ROUNDS):
+                    order = SIDES if round_no % 2 == 0 else SIDES[::-1]
+                    for endpoint in ENDPOINTS:
+                        for side in order:
+                            url = sides[side][0].url + endpoint[2]
+                            results[(endpoint[0], side)].append(
+                                measure(meter, side, url, endpoint, Path(tmp))
+                            )
+            finally:
+                meter.close()
     finally:
-        for child in reversed(children):
-            await child.stop()
+        for side in SIDES[::-1]:
+            for child in sides.get(side, []):
+                await child.stop()
         services.close()
-    return _table(results)
+    return results
 
 
-def _table(results: dict[tuple[str, str], list[tuple[float, float, float]]]) -> str:
-    rows = []
+def _median(runs: list[Run], attr: str) -> float:
+    return float(statistics.median(getattr(r, attr) for r in runs))
+
+
+def _ratio_cell(new: list[Run], legacy: list[Run]) -> str:
+    ratios = sorted(n.rps / lg.rps for n, lg in zip(new, legacy, strict=True))
+    return f"**{statistics.median(ratios):.2f}x** ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+
+def _db_cell(runs: list[Run]) -> str:
+    values = [r.db_cpu for r in runs if r.db_cpu is not None]
+    return f"{statistics.median(values):.2f}" if values else "n/a"
+
+
+def table(results: dict[tuple[str, str], list[Run]]) -> str:
+    speed, cpu = [], []
     for name, *_ in ENDPOINTS:
-        legacy = [statistics.median(col) for col in zip(*results[(name, "legacy")], strict=True)]
-        new = [statistics.median(col) for col in zip(*results[(name, "new")], strict=True)]
-        rows.append(
+        legacy, new = results[(name, "legacy")], results[(name, "new")]
+        speed.append(
             [
                 name,
-                f"{legacy[0]:.0f}",
-                f"{new[0]:.0f}",
-                f"**{new[0] / legacy[0]:.2f}x**",
-                f"{legacy[1]:.1f} / {legacy[2]:.1f}",
-                f"{new[1]:.1f} / {new[2]:.1f}",
+                f"{_median(legacy, 'rps'):.0f}",
+                f"{_median(new, 'rps'):.0f}",
+                _ratio_cell(new, legacy),
+                f"{_median(legacy, 'p50_ms'):.1f} / {_median(legacy, 'p99_ms'):.1f}",
+                f"{_median(new, 'p50_ms'):.1f} / {_median(new, 'p99_ms'):.1f}",
             ]
         )
-    header = [
-        "endpoint",
-        "legacy req/s",
-        "new req/s",
-        "new / legacy",
-        "legacy p50 / p99 ms",
-        "new p50 / p99 ms",
-    ]
+        app_legacy, app_new = _median(legacy, "app_cpu"), _median(new, "app_cpu")
+        cpu.append(
+            [
+                name,
+                f"{app_legacy:.2f}",
+                f"{app_new:.2f}",
+                f"**{app_new / app_legacy:.2f}x**",
+                f"{_db_cell(legacy)} / {_db_cell(new)}",
+                f"{_median(legacy, 'redis_cpu'):.3f} / {_median(new, 'redis_cpu'):.3f}",
+            ]
+        )
+    errors = sum(r.errors for runs in results.values() for r in runs)
     intro = (
-        f"Through club-proxy, seeded database (scale 0.1), wrk -t1 -c{CONNECTIONS} -d{DURATION}, "
-        f"{ROUNDS} interleaved rounds, medians. Legacy route: proxy -> club-api over HTTP "
-        "(2 processes); new route: proxy with new_services in-process (1 process). "
-        "2 shared cores, so the load generator competes with the servers.\n\n"
+        f"Through club-proxy, seeded database (scale 0.1), wrk -t1 -c{CONNECTIONS} "
+        f"-d{DURATION}s per run, {ROUNDS} rounds, the two sides back to back in alternating "
+        "order; medians, and the range of the per-round new/legacy ratios. Legacy route: "
+        "proxy -> club-api over HTTP (2 processes); new route: proxy with new_services "
+        "in-process (1 process). 2 shared cores: wrk, PostgreSQL and Redis compete with "
+        f"the servers. wrk socket errors: {errors}.\n\n"
     )
-    gaps = (
-        "\n\nWhere gaps come from (reasoned from the code paths, not profiled): the new "
-        "side skips the proxy->club-api hop, which shows on the cache hit and on stats (one "
-        "raw query); single-row reads swing between runs on this shared machine (1.40x and "
-        "0.74x for GET /api/users/{id} in two runs). It loses where Tortoise adds per-query Python work that PgBank's raw SQL "
-        "does not: building the SQL through pypika on every call, and converting "
-        "`.values()` rows field by field (lists: 20 rows x jsonb + 2 timestamps, plus the "
-        "count query; the registration check runs 5 ORM queries inside a transaction). "
-        "Direct messages also pay a Redis round trip (the hub's XADD+PUBLISH script) "
-        "that the in-memory legacy path does not: the price of cross-instance delivery "
-        "and resume."
+    cpu_intro = (
+        "\n\nCPU milliseconds per request (medians): the serving processes of each side "
+        "(legacy: proxy + club-api; new: the proxy alone), then PostgreSQL and Redis while "
+        "that side ran.\n\n"
     )
-    return intro + markdown_table(header, rows) + gaps
+    speed_header = ["endpoint", "legacy req/s", "new req/s", "new / legacy (range)"]
+    speed_header += ["legacy p50 / p99 ms", "new p50 / p99 ms"]
+    cpu_header = ["endpoint", "legacy app ms", "new app ms", "new / legacy"]
+    cpu_header += ["PostgreSQL ms legacy / new", "Redis ms legacy / new"]
+    return (
+        intro
+        + markdown_table(speed_header, speed)
+        + cpu_intro
+        + markdown_table(cpu_header, cpu)
+        + "\n\n"
+        + NOTES
+    )
+
+
+NOTES = "Where the gaps come from: see docs/new_services.md (Performance)."
 
 
 def main() -> None:
     if shutil.which("wrk") is None:
         print("bench_endpoints: wrk is not installed; nothing measured")
         return
-    table = asyncio.run(run())
-    print(table)
-    record("endpoints", table)
+    text = table(asyncio.run(run()))
+    print(text)
+    record("endpoints", text)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,15 @@
 Tortoise gets its own asyncpg pool: PgBank's codecs must never reach it
 (compat-findings §3.2: JSONField would write JSON strings). Connection
 parameters come from pg.toml through `Settings`, so both sides read one config.
+
+The pool releases connections without asyncpg's default reset query
+(`SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`): Tortoise
+takes a connection per query, so that query was a second round trip for every
+ORM call (docs/new_services.md, Performance). It undoes session state that
+new_services never creates on this pool: no SET, LISTEN (PgQueue has its own
+connection), advisory locks or WITH HOLD cursors. An open transaction is still
+rolled back on release, by asyncpg itself. Code that needs session state must
+use `SET LOCAL` inside a transaction, or its own connection.
 """
 
 from __future__ import annotations
@@ -11,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from legacy_compat import Settings
 
-__all__ = ["APP_LABEL", "MODEL_MODULES", "tortoise_config"]
+__all__ = ["APP_LABEL", "MODEL_MODULES", "keep_session", "tortoise_config"]
 
 APP_LABEL: Final = "club"
 MODEL_MODULES: Final = (
@@ -22,6 +33,10 @@ MODEL_MODULES: Final = (
     "new_services.registrations.models",
 )
 _DEFAULT_PORT: Final = 5432
+
+
+async def keep_session(connection: asyncpg.Connection[Any]) -> None:
+    """The pool's `reset=` hook: nothing beyond asyncpg's own rollback (see the module doc)."""
 
 
 def _credentials(dsn: str) -> dict[str, Any]:
@@ -54,6 +69,7 @@ def tortoise_config(settings: Settings, *, database: str = "club") -> dict[str, 
         # Unknown keys pass through to asyncpg.create_pool (compat-findings §3.3).
         "statement_cache_size": db.statement_cache_size,
         "server_settings": server_settings,
+        "reset": keep_session,
     }
     return {
         "connections": {

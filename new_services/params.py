@@ -11,20 +11,24 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import hdrs, web
-from tortoise.expressions import Q, RawSQL
 
 from new_services.http import BadRequest, Unauthorized
-from new_services.users.models import Session
+from new_services.services import SERVICES
+from new_services.sql import fetchrow
 
 __all__ = [
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
     "MAX_OFFSET",
+    "SESSION_USER_SQL",
     "active_filter",
     "authenticate",
+    "bearer_token",
     "pagination",
+    "parse_id",
     "path_id",
     "read_json",
+    "session_user",
 ]
 
 DEFAULT_LIMIT: Final = 20
@@ -34,17 +38,30 @@ _MAX_ID: Final = 2**63 - 1  # bigint
 # Positive decimal without sign or leading zeros: "7" yes, "07", "+7", "0" no.
 _ID_RE: Final = re.compile(r"[1-9][0-9]{0,18}")
 _NUMBER_RE: Final = re.compile(r"[0-9]{1,7}")
-# The database clock decides expiry, as on the legacy side (not this host's clock).
-_NOT_EXPIRED: Final = Q(expires_at__isnull=True) | Q(expires_at__gt=RawSQL("now()"))
+# The user behind bearer token $1 (an active user, an unexpired session), as a
+# statement or a scalar subquery: handlers fold it into their first query, so
+# authentication costs no round trip of its own. The database clock decides
+# expiry, as on the legacy side (not this host's clock).
+SESSION_USER_SQL: Final = """
+    SELECT s.user_id FROM sessions s JOIN users u ON u.id = s.user_id
+    WHERE s.token = $1 AND u.active AND (s.expires_at IS NULL OR s.expires_at > now())
+"""
+
+
+def parse_id(text: str) -> int | None:
+    """A positive bigint in the legacy id syntax, else None."""
+    if _ID_RE.fullmatch(text) is None or int(text) > _MAX_ID:
+        return None
+    return int(text)
 
 
 def path_id(request: web.Request, name: str = "id") -> int:
     """The `{id}` path segment as a positive bigint, else 400 "invalid id"."""
-    text = request.match_info[name]
-    if _ID_RE.fullmatch(text) is None or int(text) > _MAX_ID:
+    value = parse_id(request.match_info[name])
+    if value is None:
         msg = "invalid id"
         raise BadRequest(msg)
-    return int(text)
+    return value
 
 
 def _bounded(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -85,21 +102,28 @@ def _bearer(request: web.Request, *, allow_query: bool) -> str | None:
     return (request.query.get("token") or None) if allow_query else None
 
 
-async def authenticate(request: web.Request, *, allow_query: bool = False) -> int:
-    """The user id behind the request's bearer token (an active user, unexpired), else 401."""
+def bearer_token(request: web.Request, *, allow_query: bool = False) -> str:
+    """The request's bearer token, else 401 "authentication required"."""
     token = _bearer(request, allow_query=allow_query)
     if token is None:
         msg = "authentication required"
         raise Unauthorized(msg)
-    user_id: Any = (
-        await Session.filter(_NOT_EXPIRED, token=token, user__active=True)
-        .first()
-        .values_list("user_id", flat=True)
-    )
+    return token
+
+
+def session_user(user_id: int | None) -> int:
+    """The result of `SESSION_USER_SQL`, else 401 "invalid token"."""
     if user_id is None:
         msg = "invalid token"
         raise Unauthorized(msg)
     return int(user_id)
+
+
+async def authenticate(request: web.Request, *, allow_query: bool = False) -> int:
+    """The user id behind the request's bearer token (an active user, unexpired), else 401."""
+    token = bearer_token(request, allow_query=allow_query)
+    row = await fetchrow(request.app[SERVICES].orm.db(), SESSION_USER_SQL, token)
+    return session_user(None if row is None else row["user_id"])
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

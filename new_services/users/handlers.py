@@ -1,4 +1,9 @@
-"""`GET /api/users/{id}` and `GET /api/users` on the Tortoise `User` model."""
+"""`GET /api/users/{id}` and `GET /api/users`: fixed SQL over the `User` model's columns.
+
+Both are hot reads, so they run fixed SQL on Tortoise's connection
+(`new_services.sql`) instead of ORM querysets; the list answers its page and
+its total in one statement, where club-api sends two.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +12,47 @@ from typing import TYPE_CHECKING, Any, Final
 from new_services.fields import epoch_seconds
 from new_services.http import NotFound, json_response
 from new_services.params import active_filter, pagination, path_id
+from new_services.services import SERVICES
+from new_services.sql import columns, fetch, fetchrow, jsonb
 from new_services.users.models import User
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from aiohttp import web
-    from tortoise.queryset import QuerySet
+    from asyncpg import Record
 
 __all__ = ["get_user", "list_users", "user_json"]
 
-# values() rows, not model instances: the fields convert the same, without per-row objects.
 _FIELDS: Final = ("id", "name", "email", "profile", "active", "created_at")
+_GET_SQL: Final = f"SELECT {columns(User, _FIELDS)} FROM users WHERE id = $1"
+# `$1::boolean IS NULL` makes one statement serve "no filter" too. The page is
+# LEFT JOINed to the count so an empty page still brings its total (u.id NULL).
+_LIST_SQL: Final = f"""
+    SELECT t.total, {columns(User, _FIELDS, alias="u")}
+    FROM (SELECT count(*) AS total FROM users WHERE $1::boolean IS NULL OR active = $1) AS t
+    LEFT JOIN LATERAL (
+        SELECT {columns(User, _FIELDS)} FROM users
+        WHERE $1::boolean IS NULL OR active = $1
+        ORDER BY id LIMIT $2 OFFSET $3
+    ) AS u ON true
+    ORDER BY u.id
+"""
 
 
-def user_json(row: Mapping[str, Any]) -> dict[str, Any]:
+def user_json(row: Record) -> dict[str, Any]:
     """A user as the API shows it (key order is part of the contract)."""
     return {
         "id": row["id"],
         "name": row["name"],
         "email": row["email"],
-        "profile": row["profile"],
+        "profile": jsonb(row["profile"]),
         "active": row["active"],
         "created_at": epoch_seconds(row["created_at"]),
     }
 
 
-def _filtered(*, active: bool | None) -> QuerySet[User]:
-    return User.all() if active is None else User.filter(active=active)
-
-
 async def get_user(request: web.Request) -> web.Response:
     user_id = path_id(request)
-    row: dict[str, Any] | None = await User.filter(id=user_id).first().values(*_FIELDS)
+    row = await fetchrow(request.app[SERVICES].orm.db(), _GET_SQL, user_id)
     if row is None:
         msg = "user not found"
         raise NotFound(msg)
@@ -49,8 +62,7 @@ async def get_user(request: web.Request) -> web.Response:
 async def list_users(request: web.Request) -> web.Response:
     active = active_filter(request)
     limit, offset = pagination(request)
-    query = _filtered(active=active)
-    rows = await query.order_by("id").limit(limit).offset(offset).values(*_FIELDS)
-    total = await query.count()
-    body = {"items": [user_json(r) for r in rows], "total": total, "limit": limit, "offset": offset}
+    rows = await fetch(request.app[SERVICES].orm.db(), _LIST_SQL, active, limit, offset)
+    items = [user_json(r) for r in rows if r["id"] is not None]
+    body = {"items": items, "total": rows[0]["total"], "limit": limit, "offset": offset}
     return json_response(body)

@@ -1,0 +1,53 @@
+"""Fixed SQL on Tortoise's own connection, for the hot request paths.
+
+An ORM query costs Python work on every call: pypika rebuilds the SQL text
+from the queryset, and `.values()` converts each row field by field; on the
+list endpoints that was about a third of the process's CPU (profile in
+docs/new_services.md, Performance). The hot paths therefore run fixed SQL
+through `execute_query` of the same Tortoise client: the same pool (never
+PgBank's: no codecs, so jsonb arrives as text and timestamps as datetimes),
+Tortoise's error translation (`IntegrityError`, ...), inside `in_transaction()`
+when given its connection, and asyncpg's statement cache, which prepares each
+text once per connection.
+
+Column lists come from the models (`columns`), so the drift test that holds
+the models to schema.sql holds these statements too; the parity suite holds
+their answers to club-api's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from asyncpg import Record
+    from tortoise.backends.base.client import BaseDBAsyncClient
+    from tortoise.models import Model
+
+__all__ = ["columns", "fetch", "fetchrow", "jsonb"]
+
+
+def columns(model: type[Model], fields: tuple[str, ...], *, alias: str = "") -> str:
+    """`a.col1, a.col2`: the model fields' column names, for a SELECT list."""
+    projection = model._meta.fields_db_projection  # noqa: SLF001  (Tortoise's field map)
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f"{prefix}{projection[name]}" for name in fields)
+
+
+async def fetch(db: BaseDBAsyncClient, sql: str, *args: Any) -> list[Record]:
+    """All rows of a SELECT, as asyncpg Records."""
+    _, rows = await db.execute_query(sql, list(args))
+    return rows  # type: ignore[return-value]  # Tortoise annotates Records as dicts
+
+
+async def fetchrow(db: BaseDBAsyncClient, sql: str, *args: Any) -> Record | None:
+    """The first row of a SELECT, or None."""
+    rows = await fetch(db, sql, *args)
+    return rows[0] if rows else None
+
+
+def jsonb(text: str | None) -> Any:
+    """A jsonb column read without codecs, decoded as Tortoise's JSONField does (orjson)."""
+    return None if text is None else orjson.loads(text)
