@@ -12,6 +12,7 @@ from legacy_compat._codecs import TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY
 from legacy_compat._config import DatabaseSettings, ServiceInfo, Settings, load_settings
 from legacy_compat._db import Database, PgBank, Transaction
 from legacy_compat._events import DebounceMode, Event, QueueStats
+from legacy_compat._hub import HubStats, WebSocketHub
 from legacy_compat._listener import Backoff
 from legacy_compat._outbox import emit
 from legacy_compat._packager import Packager
@@ -41,6 +42,7 @@ __all__ = [
     "DebounceMode",
     "Event",
     "HubError",
+    "HubStats",
     "NotifyPayloadTooLarge",
     "Packager",
     "PackagerError",
@@ -52,6 +54,7 @@ __all__ = [
     "Settings",
     "Transaction",
     "TransactionTimeout",
+    "WebSocketHub",
     "emit",
     "load_settings",
 ]
