@@ -1,4 +1,4 @@
-"""One local WebSocket of the hub: its bounded send queue and its stream cursors.
+"""One local WebSocket of the hub, and the hub's wire format.
 
 Every message reaches a socket through `HubSocket.offer`, which drops what the
 socket already has (by Redis stream id), holds live messages aside while the
@@ -14,10 +14,26 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
+import orjson
+
+from legacy_compat.errors import HubError
+
 if TYPE_CHECKING:
     from aiohttp import web
 
-__all__ = ["HubSocket", "Kind", "StreamId", "frame", "parse_stream_id"]
+__all__ = [
+    "KINDS",
+    "HubSocket",
+    "Kind",
+    "StreamId",
+    "encode_message",
+    "format_stream_id",
+    "frame",
+    "parse_fanout",
+    "parse_stream_id",
+    "stream_id_arg",
+    "user_key",
+]
 
 # "u": the per-user stream (frames carry "msg_id"), "b": the broadcast stream ("broadcast_id").
 Kind = Literal["u", "b"]
@@ -25,6 +41,8 @@ KINDS: Final[tuple[Kind, ...]] = ("u", "b")
 ID_KEYS: Final[dict[Kind, bytes]] = {"u": b"msg_id", "b": b"broadcast_id"}
 StreamId = tuple[int, int]
 _STREAM_ID_RE: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_USER_RE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+_FANOUT_PARTS: Final = 4  # kind, user, id, body
 
 
 def parse_stream_id(text: str) -> StreamId | None:
@@ -35,6 +53,55 @@ def parse_stream_id(text: str) -> StreamId | None:
 
 def format_stream_id(sid: StreamId) -> str:
     return f"{sid[0]}-{sid[1]}"
+
+
+def stream_id_arg(text: str | None) -> StreamId | None:
+    """A caller-supplied resume id; HubError when malformed."""
+    if text is None:
+        return None
+    sid = parse_stream_id(text)
+    if sid is None:
+        msg = f"not a stream id: {text[:40]!r}"
+        raise HubError(msg)
+    return sid
+
+
+def user_key(user_id: int | str) -> str:
+    """The user id as used in keys and the channel (it must not contain a newline)."""
+    user = str(user_id)
+    if isinstance(user_id, bool) or not _USER_RE.fullmatch(user):
+        msg = f"user id must be an int or 1-128 of [A-Za-z0-9_.:@-], got {user_id!r}"
+        raise HubError(msg)
+    return user
+
+
+def encode_message(kind: Kind, message: object) -> bytes:
+    """Compact JSON of a message dict; HubError for anything else or a reserved key."""
+    if not isinstance(message, dict):
+        msg = f"a hub message is a dict, got {type(message).__name__}"
+        raise HubError(msg)
+    if ID_KEYS[kind].decode() in message:
+        msg = f"{ID_KEYS[kind].decode()!r} is set by the hub and cannot be a message key"
+        raise HubError(msg)
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError as exc:
+        msg = f"message is not JSON-serialisable: {exc}"
+        raise HubError(msg) from exc
+
+
+def parse_fanout(raw: bytes) -> tuple[Kind, str, str, StreamId, bytes] | None:
+    """(kind, user, id, parsed id, body) of a channel message, None if malformed."""
+    parts = raw.split(b"\n", 3)
+    if len(parts) != _FANOUT_PARTS or parts[0] not in {b"u", b"b"}:
+        return None
+    kind_b, user_b, id_b, body = parts
+    msg_id = id_b.decode(errors="replace")
+    sid = parse_stream_id(msg_id)
+    if sid is None:
+        return None
+    kind: Kind = "u" if kind_b == b"u" else "b"
+    return kind, user_b.decode(errors="replace"), msg_id, sid, body
 
 
 def frame(kind: Kind, msg_id: str | None, body: bytes) -> bytes:
