@@ -113,6 +113,7 @@ class WebSocketHub:
         """Start the subscriber; wait (bounded) until it listens, so early sends are seen."""
         if self._subscriber is not None:
             return
+        self._local.start()
         self._subscriber = asyncio.create_task(
             self._redis.subscribe_forever(
                 on_subscribed=self._on_subscribed,
@@ -132,7 +133,7 @@ class WebSocketHub:
             self._subscriber.cancel()
             await asyncio.gather(self._subscriber, return_exceptions=True)
             self._subscriber = None
-        await self._local.close_all()
+        await self._local.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -3,7 +3,9 @@
 Each socket has one writer task. It first replays history after the client's
 ids (live frames meanwhile wait in the socket, bounded), then sends queued
 frames one by one; a send that stalls for `send_timeout`, or a queue that
-overflows, closes the socket with `SLOW_CONSUMER_CLOSE` (1013).
+overflows, closes the socket with `SLOW_CONSUMER_CLOSE` (1013). Stalls are
+found by one watchdog task for all sockets rather than a timer per frame,
+which would cost more than the send itself.
 """
 
 from __future__ import annotations
@@ -81,6 +83,27 @@ class LocalSockets:
         self._by_user: dict[str, set[HubSocket]] = {}
         self._by_ws: dict[web.WebSocketResponse, HubSocket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="hub-watchdog")
+
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
+        await self.close_all()
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(self._send_timeout / 4, 0.05))
+            deadline = loop.time() - self._send_timeout
+            for sock in list(self._by_ws.values()):
+                if sock.send_started is not None and sock.send_started < deadline:
+                    self._close_slow(sock)
 
     def __contains__(self, ws: web.WebSocketResponse) -> bool:
         return ws in self._by_ws
@@ -188,14 +211,13 @@ class LocalSockets:
                 data = await sock.queue.get()
                 await self._write(sock, data)
                 self._stats.delivered += 1
-        except TimeoutError:
-            self._close_slow(sock)
         except ConnectionError:
             self._detach(sock)  # the peer is gone; serve() unregisters as well
 
     async def _write(self, sock: HubSocket, data: bytes) -> None:
-        async with asyncio.timeout(self._send_timeout):
-            await sock.ws.send_frame(data, WSMsgType.TEXT)
+        sock.send_started = asyncio.get_running_loop().time()
+        await sock.ws.send_frame(data, WSMsgType.TEXT)
+        sock.send_started = None
 
     async def _replay(self, sock: HubSocket) -> None:
         """Send history after the client's ids; without one, note the stream ends.

@@ -130,6 +130,7 @@ class HubSocket:
     queue: asyncio.Queue[bytes] = field(init=False)
     pending: list[tuple[Kind, StreamId, bytes]] = field(default_factory=list)
     writer: asyncio.Task[None] | None = None
+    send_started: float | None = None  # loop time of the send in progress, for the watchdog
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.queue_size)
