@@ -120,7 +120,10 @@ class CpuMeter:
         app = sum(_cpu(proc) for proc in self._sides[side])
         db = None
         if self._postmaster is not None:
-            db = _cpu(self._postmaster) + sum(_cpu(c) for c in self._postmaster.children())
+            # Backends that ended are in the postmaster's children_* times once reaped.
+            times = self._postmaster.cpu_times()
+            db = float(times.children_user + times.children_system) + _cpu(self._postmaster)
+            db += sum(_cpu(c) for c in self._postmaster.children())
         info = self._redis.info("cpu")
         return app, db, float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 

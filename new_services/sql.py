@@ -1,8 +1,9 @@
 """Fixed SQL on Tortoise's own connection, for the hot request paths.
 
 An ORM query costs Python work on every call: pypika rebuilds the SQL text
-from the queryset, and `.values()` converts each row field by field; on the
-list endpoints that was about a third of the process's CPU (profile in
+from the queryset, and `.values()` converts each row field by field; with the
+extra queries the ORM shape implies (a count beside every page), that made the
+new routes slower than club-api's raw SQL (profile and figures in
 docs/new_services.md, Performance). The hot paths therefore run fixed SQL
 through `execute_query` of the same Tortoise client: the same pool (never
 PgBank's: no codecs, so jsonb arrives as text and timestamps as datetimes),
@@ -10,9 +11,8 @@ Tortoise's error translation (`IntegrityError`, ...), inside `in_transaction()`
 when given its connection, and asyncpg's statement cache, which prepares each
 text once per connection.
 
-Column lists come from the models (`columns`), so the drift test that holds
-the models to schema.sql holds these statements too; the parity suite holds
-their answers to club-api's.
+Select lists come from the models (`columns`), which the drift test holds to
+schema.sql; the parity suite holds every statement's answers to club-api's.
 """
 
 from __future__ import annotations
