@@ -17,11 +17,14 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 import orjson
 from aiohttp import web
-from yarl import URL
+from aiohttp.http_exceptions import HttpProcessingError
 
-from proxy.headers import response_headers, upstream_request_headers
+from proxy._upstream_client import UpstreamUnreachable
+from proxy.headers import response_headers, upstream_request_head
 
 if TYPE_CHECKING:
+    from aiohttp.streams import StreamReader
+
     from proxy.headers import ForwardingPolicy
     from proxy.upstreams import UpstreamPool
 
@@ -88,7 +91,7 @@ def failure_response(exc: BaseException, *, request_id: str, upstream: str) -> E
     """
     if isinstance(exc, TimeoutError):
         status, error, kind = 504, "upstream timed out", "timeout"
-    elif isinstance(exc, aiohttp.ClientConnectorError):
+    elif isinstance(exc, (aiohttp.ClientConnectorError, UpstreamUnreachable)):
         status, error, kind = 502, "upstream unreachable", "connect"
     else:
         status, error, kind = 502, "upstream failed", "protocol"
@@ -126,6 +129,15 @@ async def strip_server_defaults(
         response.headers.popall("Server", None)
 
 
+# What the thin client raises for an upstream that could not answer.
+_UPSTREAM_FAILURES: Final = (
+    TimeoutError,
+    aiohttp.ClientError,
+    HttpProcessingError,
+    UpstreamUnreachable,
+)
+
+
 async def forward(
     request: web.Request,
     target: str,
@@ -137,40 +149,48 @@ async def forward(
 ) -> web.StreamResponse:
     """Send `request` to the upstream of `pool` and stream the answer back.
 
-    `target` is the raw request target (path and query, undecoded) to append to
-    the upstream URL. Returns a prepared and finished `PassThroughResponse`, or
-    an unprepared `ErrorResponse` when the upstream could not answer.
+    `target` is the raw request target (path and query, undecoded) to send
+    upstream. Returns a prepared and finished `PassThroughResponse`, or an
+    unprepared `ErrorResponse` when the upstream could not answer.
     """
-    headers = upstream_request_headers(
-        request.headers,
+    method = request.method
+    has_body = request.body_exists
+    head, chunked = upstream_request_head(
+        method,
+        target,
+        request.raw_headers,
         policy=policy,
         peer=request.remote,
         scheme=request.scheme,
         request_id=request_id,
+        default_host=pool.host_header,
+        body=has_body,
     )
+    timeout = client_timeout or pool.timeout
     try:
-        upstream = await pool.session.request(
-            request.method,
-            URL(pool.base + target, encoded=True),
-            headers=headers,
-            data=request.content if request.body_exists else None,
-            allow_redirects=False,
-            timeout=client_timeout or pool.timeout,
+        exchange = await pool.client.request(
+            method,
+            head,
+            request.content if has_body else None,
+            chunked=chunked,
+            connect_timeout=timeout.connect,
+            read_timeout=timeout.sock_read,
         )
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except _UPSTREAM_FAILURES as exc:
         return failure_response(exc, request_id=request_id, upstream=pool.upstream.name)
     # Any exit but a complete relay (client gone, cancellation) closes the
     # upstream connection instead of returning a half-read one to the pool.
     try:
+        message, content = exchange.message, exchange.content
         response = PassThroughResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=response_headers(upstream.headers, request_id=request_id),
+            status=message.code,
+            reason=message.reason,
+            headers=response_headers(message.headers, request_id=request_id),
         )
         await response.prepare(request)
-        await _relay(upstream, response, request, request_id=request_id)
+        await _relay(content, response, request, request_id=request_id)
     finally:
-        upstream.close()
+        exchange.finish()
     return response
 
 
@@ -179,14 +199,14 @@ class _UpstreamBodyError(Exception):
 
 
 async def _relay(
-    upstream: aiohttp.ClientResponse,
+    content: StreamReader,
     response: PassThroughResponse,
     request: web.Request,
     *,
     request_id: str,
 ) -> None:
     try:
-        await _copy_body(upstream, response)
+        await _copy_body(content, response)
     except ConnectionResetError:
         # The client went away mid-answer: nothing to tell it. The caller's
         # `finally` closes the upstream connection; aiohttp ends this one.
@@ -203,8 +223,7 @@ async def _relay(
         request.protocol.force_close()
 
 
-async def _copy_body(upstream: aiohttp.ClientResponse, response: PassThroughResponse) -> None:
-    content = upstream.content
+async def _copy_body(content: StreamReader, response: PassThroughResponse) -> None:
     write = response.write
     sent = 0
     while True:
@@ -213,7 +232,7 @@ async def _copy_body(upstream: aiohttp.ClientResponse, response: PassThroughResp
             await write(b"")
         try:
             chunk = await content.readany()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except _UPSTREAM_FAILURES as exc:
             raise _UpstreamBodyError from exc
         if not chunk:
             break

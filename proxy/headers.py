@@ -32,6 +32,7 @@ __all__ = [
     "IPNetwork",
     "request_id_from",
     "response_headers",
+    "upstream_request_head",
     "upstream_request_headers",
 ]
 
@@ -59,6 +60,13 @@ _FORWARDING: Final = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"
 # A `Connection` token may not remove these: without Host the upstream would
 # see the proxy's idea of the authority, without Content-Length a new framing.
 _PROTECTED: Final = frozenset({"host", "content-length"})
+# The same rules over raw header bytes, for `upstream_request_head`.
+_LOWER_DROP: Final = frozenset(n.lower().encode() for n in _REQUEST_DROP)
+_LOWER_FORWARDING: Final = frozenset(n.lower().encode() for n in _FORWARDING)
+_LOWER_PROTECTED: Final = frozenset(n.encode() for n in _PROTECTED)
+# Methods whose requests carry no content by definition; for the others aiohttp's
+# client sent `Content-Length: 0` when there was no body, and so do we.
+_BODILESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _TRUST_CACHE_SIZE: Final = 4096
 
@@ -215,3 +223,82 @@ def response_headers(headers: CIMultiDictProxy[str], *, request_id: str) -> CIMu
         out.popall(name, None)
     out["X-Request-ID"] = request_id
     return out
+
+
+def _connection_token_bytes(values: list[bytes]) -> frozenset[bytes]:
+    tokens = (t.strip().lower() for value in values for t in value.split(b","))
+    return frozenset(t for t in tokens if t and t not in _LOWER_PROTECTED)
+
+
+def upstream_request_head(  # noqa: C901, PLR0912 - one pass over the headers, kept in one place
+    method: str,
+    target: str,
+    raw_headers: tuple[tuple[bytes, bytes], ...],
+    *,
+    policy: ForwardingPolicy,
+    peer: str | None,
+    scheme: str,
+    request_id: str,
+    default_host: str,
+    body: bool,
+) -> tuple[bytes, bool]:
+    """The request head to send upstream as bytes, and whether the body goes chunked.
+
+    The same rules as `upstream_request_headers`, applied to the client's raw
+    header bytes, so names, values and order reach the upstream exactly as
+    sent: `Host` first (RFC 9112 §3.2; `default_host` when an HTTP/1.0 client
+    sent none), the remaining client headers in order, then `Via`,
+    `X-Forwarded-For/Proto/Host` and `X-Request-ID`, then the framing: the
+    client's `Content-Length`, or `Transfer-Encoding: chunked` for a body of
+    unknown length, or `Content-Length: 0` for a bodiless POST, PUT, PATCH,
+    DELETE or unknown method. `target` must be the raw request target.
+    """
+    names = [name.lower() for name, _ in raw_headers]
+    trusted = policy.is_trusted(peer)
+    drop = _LOWER_DROP if trusted else _LOWER_DROP | _LOWER_FORWARDING
+    if b"connection" in names:
+        connection = [v for n, (_, v) in zip(names, raw_headers, strict=True) if n == b"connection"]
+        drop = drop | _connection_token_bytes(connection)
+    host: bytes | None = None
+    via: list[bytes] = []
+    xff: list[bytes] = []
+    has_length = has_proto = has_fhost = False
+    lines = [f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape"), b""]
+    for lname, (name, value) in zip(names, raw_headers, strict=True):
+        if lname in drop:
+            continue
+        if lname == b"host":
+            host = value
+            continue
+        if lname == b"via":
+            via.append(value)
+            continue
+        if lname == b"x-forwarded-for":
+            # Only from a trusted peer (dropped otherwise): extended below.
+            xff.append(value)
+            continue
+        if lname == b"content-length":
+            has_length = True
+        elif lname == b"x-forwarded-proto":
+            has_proto = True
+        elif lname == b"x-forwarded-host":
+            has_fhost = True
+        lines.append(b"%b: %b\r\n" % (name, value))
+    lines[1] = b"Host: %b\r\n" % (host if host is not None else default_host.encode("idna"))
+    via.append(policy.via.encode())
+    lines.append(b"Via: %b\r\n" % b", ".join(via))
+    if peer is not None:
+        xff.append(peer.encode())
+        lines.append(b"X-Forwarded-For: %b\r\n" % b", ".join(xff))
+    if not has_proto:
+        lines.append(b"X-Forwarded-Proto: %b\r\n" % scheme.encode())
+    if not has_fhost and host is not None:
+        lines.append(b"X-Forwarded-Host: %b\r\n" % host)
+    lines.append(b"X-Request-ID: %b\r\n" % request_id.encode())
+    chunked = body and not has_length
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif not body and not has_length and method not in _BODILESS_METHODS:
+        lines.append(b"Content-Length: 0\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines), chunked

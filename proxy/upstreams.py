@@ -1,6 +1,8 @@
-"""One keep-alive connection pool (ClientSession + TCPConnector) per upstream.
+"""One keep-alive connection pool per upstream.
 
-Pools follow the route table: `sync(table)` builds pools for new or changed
+Plain requests go through the pool's thin client (`proxy._upstream_client`);
+WebSocket upgrades through its aiohttp `ClientSession`, which opens
+connections only when one is used. Pools follow the route table: `sync(table)` builds pools for new or changed
 upstreams and retires the old ones, which close once the last request using
 them finishes, so a reload never cuts a request in flight. Sessions never add
 headers of their own, never decompress and keep no cookies: the proxy is not a
@@ -11,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
+
+from proxy._upstream_client import ConnectionPool
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -32,7 +37,9 @@ SKIP_AUTO_HEADERS: Final = frozenset({"User-Agent", "Accept", "Accept-Encoding",
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientLimits:
-    """Upstream response header limits; above aiohttp's 8190 so big cookies pass."""
+    """Upstream response header limits (above aiohttp's 8190 so big cookies pass)
+    and the read buffer size: a connection stops reading while this much of an
+    answer is waiting for the client (twice this in flight at most)."""
 
     max_line_size: int = 65536
     max_field_size: int = 65536
@@ -45,12 +52,19 @@ class UpstreamPool:
     """A live session for one `Upstream` value and the requests using it."""
 
     upstream: Upstream
+    # WebSocket upgrades only; plain requests use `client`.
     session: aiohttp.ClientSession
+    client: ConnectionPool
     # The upstream URL without a trailing slash; the raw request target is appended.
     base: str
+    # `Host` for a request that came without one (HTTP/1.0), as aiohttp's client sent it.
+    host_header: str
     timeout: aiohttp.ClientTimeout
     active: int = 0
     retired: bool = False
+
+    async def close(self) -> None:
+        await asyncio.gather(self.session.close(), self.client.close())
 
 
 def _timeout(upstream: Upstream) -> aiohttp.ClientTimeout:
@@ -92,9 +106,26 @@ class UpstreamPools:
             max_headers=self.limits.max_headers,
             read_bufsize=self.limits.read_bufsize,
         )
-        base = str(upstream.url).rstrip("/")
+        url = upstream.url
+        host, port = url.raw_host or "", url.port or 80
+        client = ConnectionPool(
+            host=host,
+            port=port,
+            ssl=ssl.create_default_context() if url.scheme == "https" else None,
+            limit=upstream.max_connections,
+            keepalive_timeout=upstream.keepalive_timeout,
+            limits=self.limits,
+        )
+        base = str(url).rstrip("/")
         logger.debug("proxy.pool_opened", extra={"upstream": upstream.name, "url": base})
-        return UpstreamPool(upstream=upstream, session=session, base=base, timeout=timeout)
+        return UpstreamPool(
+            upstream=upstream,
+            session=session,
+            client=client,
+            base=base,
+            host_header=url.host_port_subcomponent or host,
+            timeout=timeout,
+        )
 
     def sync(self, upstreams: Iterable[Upstream]) -> None:
         """Open pools for new or changed upstreams; retire the others."""
@@ -144,7 +175,7 @@ class UpstreamPools:
     def _close_later(self, pool: UpstreamPool) -> None:
         if pool in self._retired:
             self._retired.remove(pool)
-        task = asyncio.get_running_loop().create_task(pool.session.close())
+        task = asyncio.get_running_loop().create_task(pool.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -153,7 +184,7 @@ class UpstreamPools:
         pools = [*self._current.values(), *self._retired]
         self._current.clear()
         self._retired.clear()
-        await asyncio.gather(*(p.session.close() for p in pools), *self._closing)
+        await asyncio.gather(*(p.close() for p in pools), *self._closing)
 
     @property
     def current(self) -> dict[str, UpstreamPool]:

@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import os
+import signal
+import time
 from typing import TYPE_CHECKING, Any
 
 from proxy.accesslog import AccessLog
@@ -62,10 +64,17 @@ def test_a_forked_child_draws_its_own_id_prefix() -> None:
         os.write(write_end, request_id_from(None).encode())
         os._exit(0)
     os.close(write_end)
-    _, status = os.waitpid(pid, 0)
+    # Poll rather than block: a child stuck in an at-fork hook must not hang the run.
+    deadline = time.monotonic() + TIMEOUT
+    while (status := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.01)
     child = os.read(read_end, 64).decode()
     os.close(read_end)
-    assert status == 0
+    assert status == (pid, 0)
     assert len(child) == 32
     assert child[:16] != parent[:16]
 
