@@ -72,7 +72,8 @@ async def _last_queries(dsn: str) -> list[str]:
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
-            "SELECT query FROM pg_stat_activity WHERE application_name = 'club-new-services'"
+            "SELECT query FROM pg_stat_activity"
+            " WHERE application_name = 'club-new-services' AND datname = current_database()"
         )
     finally:
         await conn.close()
