@@ -3,13 +3,13 @@
 The table trigger announces each write on channel `events`, so legacy PgQueue
 listeners react to these writes exactly as to club-api's own.
 
-A registration request is refused far more often than it writes (double
-submits, full or closed events), so the refusals are decided by one statement
-on one snapshot, with no transaction and no row lock: who the caller is, the
-event, and where the caller stands. Only a request that will write takes the
-event row lock, in a transaction, and checks again under it (READ COMMITTED
-gives each statement after the lock a fresh snapshot, so competing
-registrations are counted). club-api takes the lock for every request.
+Refusals (a double submit, a full or closed event, a wrong id) write nothing,
+so they need no lock: one statement decides them on one snapshot, without a
+transaction: who the caller is, the event, and where the caller stands. Only
+a request that will write takes the event row lock, in a transaction, and
+checks again under it (READ COMMITTED gives each statement after the lock a
+fresh snapshot, so competing registrations are counted). club-api takes the
+lock for every request, so its refusals also queue on a popular event's row.
 """
 
 from __future__ import annotations
@@ -60,8 +60,7 @@ _RECHECK_SQL: Final = f"SELECT {_STANDING.format(user='$1')} FROM events e WHERE
 
 
 def _refuse(standing: Record | None) -> None:
-    """club-api's refusals in contract order: exists (404), open (422), not yet
-    registered (409), not full (422)."""
+    """club-api's refusals, in contract order: 404, 422 closed, 409, 422 full."""
     if standing is None or standing["event_id"] is None:
         msg = "event not found"
         raise NotFound(msg)
