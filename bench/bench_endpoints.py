@@ -47,17 +47,18 @@ DURATION = int(os.environ.get("BENCH_DURATION", "2"))
 CONNECTIONS = 16
 AUTH = "Authorization: Bearer seed-token-1"
 SIDES = ("legacy", "new")
-# (name, method, path, body): GETs, an authenticated write that answers 409 every
-# time after the first (auth + the registration checks), and a direct message.
-Endpoint = tuple[str, str, str, str | None]
+# (name, method, path, body, status): GETs, an authenticated write that answers 409
+# every time after the first (auth + the registration checks), and a direct message.
+# A side answering another status is counted as an error: a fast 500 is no win.
+Endpoint = tuple[str, str, str, str | None, int]
 ENDPOINTS: list[Endpoint] = [
-    ("GET /api/users/{id}", "GET", "/api/users/42", None),
-    ("GET /api/users", "GET", "/api/users?active=true&limit=20&offset=100", None),
-    ("GET /api/events", "GET", "/api/events?limit=20", None),
-    ("GET /api/events/{id} (cached)", "GET", "/api/events/3", None),
-    ("GET /api/stats", "GET", "/api/stats", None),
-    ("POST .../registrations (409)", "POST", "/api/events/1/registrations", ""),
-    ("POST /api/users/{id}/messages", "POST", "/api/users/2/messages", '{"text": "hi"}'),
+    ("GET /api/users/{id}", "GET", "/api/users/42", None, 200),
+    ("GET /api/users", "GET", "/api/users?active=true&limit=20&offset=100", None, 200),
+    ("GET /api/events", "GET", "/api/events?limit=20", None, 200),
+    ("GET /api/events/{id} (cached)", "GET", "/api/events/3", None, 200),
+    ("GET /api/stats", "GET", "/api/stats", None, 200),
+    ("POST .../registrations (409)", "POST", "/api/events/1/registrations", "", 409),
+    ("POST /api/users/{id}/messages", "POST", "/api/users/2/messages", '{"text": "hi"}', 202),
 ]
 # Every path new_services serves, routed to one side.
 PATHS = [(path, method) for method, path, _ in NEW_ENDPOINTS]
@@ -154,7 +155,7 @@ async def postmaster(dsn: str) -> psutil.Process | None:
 
 
 def wrk(url: str, method: str, body: str | None, script_dir: Path) -> tuple[float, ...]:
-    """(req/s, p50 ms, p99 ms, requests, errors) of one wrk run."""
+    """(req/s, p50 ms, p99 ms, requests, socket errors, non-2xx/3xx answers) of one wrk run."""
     args = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", "-H", AUTH]
     if method != "GET":
         script = script_dir / f"{method}-{abs(hash(body))}.lua"
@@ -169,7 +170,9 @@ def wrk(url: str, method: str, body: str | None, script_dir: Path) -> tuple[floa
     rps = float(_find(r"Requests/sec:\s+([\d.]+)", out))
     requests = float(_find(r"(\d+) requests in", out))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return rps, _latency(out, "50%"), _latency(out, "99%"), requests, float(errors)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    rejected = float(non_2xx[1]) if non_2xx else 0.0
+    return rps, _latency(out, "50%"), _latency(out, "99%"), requests, float(errors), rejected
 
 
 def _find(pattern: str, text: str) -> str:
@@ -189,9 +192,11 @@ def _latency(out: str, pct: str) -> float:
 
 
 def measure(meter: CpuMeter, side: str, url: str, endpoint: Endpoint, tmp: Path) -> Run:
-    _, method, _, body = endpoint
+    _, method, _, body, status = endpoint
     before = meter.snapshot(side)
-    rps, p50, p99, requests, errors = wrk(url, method, body, tmp)
+    rps, p50, p99, requests, errors, rejected = wrk(url, method, body, tmp)
+    # wrk counts answers outside 2xx/3xx; every answer should have `status`.
+    errors += rejected if status < 300 else requests - rejected
     after = meter.snapshot(side)
     per_request = 1000.0 / max(requests, 1.0)
     app = (after[0] - before[0]) * per_request
@@ -204,10 +209,13 @@ async def _prime(base: str) -> None:
     async with aiohttp.ClientSession(headers={"Authorization": "Bearer seed-token-1"}) as s:
         async with s.post(f"{base}/api/events/1/registrations") as resp:
             await resp.read()
-        for _, method, path, body in ENDPOINTS:
+        for name, method, path, body, status in ENDPOINTS:
             for _ in range(100):
                 async with s.request(method, base + path, data=body) as resp:
                     await resp.read()
+            if resp.status != status:
+                msg = f"{base}: {name} answered {resp.status}, not {status}"
+                raise RuntimeError(msg)
 
 
 async def _start(sides: dict[str, list[ChildProcess]], tmp: Path, env: dict[str, str]) -> None:
@@ -315,7 +323,7 @@ def table(results: dict[tuple[str, str], list[Run]]) -> str:
         "order; medians, and the range of the per-round new/legacy ratios. Legacy route: "
         "proxy -> club-api over HTTP (2 processes); new route: proxy with new_services "
         "in-process (1 process). 2 shared cores: wrk, PostgreSQL and Redis compete with "
-        f"the servers. wrk socket errors: {errors}.\n\n"
+        f"the servers. Errors (socket errors and unexpected statuses): {errors}.\n\n"
     )
     cpu_intro = (
         "\n\nCPU milliseconds per request (medians): the serving processes of each side "
