@@ -8,6 +8,7 @@ holds the schemas listed in `TEMPLATE_SCHEMAS`, and a flushed Redis database.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from examples.devservices import DevServices, ServiceStartError, start_services
 from legacy_compat import Settings, load_settings
@@ -40,6 +42,34 @@ def database_dsn(server_dsn: str, database: str) -> str:
     return urlunsplit(urlsplit(server_dsn)._replace(path=f"/{database}"))
 
 
+_SERVER_VARIABLES = "set CLUB_TEST_PG_DSN / CLUB_TEST_REDIS_URL to reachable servers, or unset them to use embedded ones"
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+async def _probe(pg_dsn: str, redis_url: str) -> None:
+    """Connect to both servers once, so a wrong variable fails the run at once, not every test."""
+    try:
+        conn = await asyncpg.connect(pg_dsn, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        msg = f"cannot reach PostgreSQL at {_without_password(pg_dsn)}: {type(exc).__name__}: {exc}"
+        raise ServiceStartError(msg) from exc
+    await conn.close()
+    client = aioredis.from_url(redis_url, socket_connect_timeout=10)
+    try:
+        await client.ping()
+    except (OSError, redis.exceptions.RedisError) as exc:
+        msg = f"cannot reach Redis at {_without_password(redis_url)}: {type(exc).__name__}: {exc}"
+        raise ServiceStartError(msg) from exc
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture(scope="session")
 def dev_services() -> Iterator[DevServices]:
     try:
@@ -48,7 +78,12 @@ def dev_services() -> Iterator[DevServices]:
             redis_url=os.environ.get("CLUB_TEST_REDIS_URL") or None,
         )
     except ServiceStartError as exc:
-        pytest.exit(f"{exc} (see CLUB_TEST_PG_DSN / CLUB_TEST_REDIS_URL)", returncode=3)
+        pytest.exit(f"{exc} ({_SERVER_VARIABLES})", returncode=3)
+    try:
+        asyncio.run(_probe(services.pg_dsn, services.redis_url))
+    except ServiceStartError as exc:
+        services.close()
+        pytest.exit(f"{exc} ({_SERVER_VARIABLES})", returncode=3)
     yield services
     services.close()
 
@@ -90,8 +125,6 @@ async def _drop_database(server_dsn: str, name: str) -> None:
 @pytest.fixture(scope="session")
 def pg_template(pg_server_dsn: str) -> Iterator[str]:
     """Name of the template database; unique per run so parallel runs never collide."""
-    import asyncio  # noqa: PLC0415
-
     name = f"club_tpl_{uuid.uuid4().hex[:12]}"
     asyncio.run(_create_template(pg_server_dsn, name))
     yield name
