@@ -30,7 +30,7 @@ SELECT
     e.id,
     e.type,
     e.payload::text AS payload,
-    extract(epoch FROM e.created_at)::bigint AS created_at,
+    floor(extract(epoch FROM e.created_at))::bigint AS created_at,
     snap.s::text AS snapshot,
     $3::text IS NOT NULL AND NOT EXISTS (
         SELECT FROM pg_snapshot_xip(snap.s) AS running (xid)

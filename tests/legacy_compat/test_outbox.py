@@ -95,6 +95,24 @@ async def test_emit_delivers_id_time_and_payload(pg_dsn: str, writer: asyncpg.Co
     assert abs(now - event.created_at) < 3600
 
 
+async def test_created_at_is_floored_like_pgbank_reads_it(
+    pg_dsn: str, writer: asyncpg.Connection
+) -> None:
+    # PgBank reads timestamps as the second the instant falls in; the event's
+    # created_at must agree with it, not round up from .6.
+    got = Recorder()
+    async with durable(pg_dsn) as queue:
+        queue.on_any(got)
+        async with writer.transaction():
+            new_id = await emit(writer, "e", {})
+            await writer.execute(
+                "UPDATE club_events SET created_at = to_timestamp(1700000000.6) WHERE id = $1",
+                new_id,
+            )
+        await wait_until(lambda: len(got.events) == 1)
+    assert got.events[0].created_at == 1_700_000_000
+
+
 async def test_a_rolled_back_event_is_never_delivered(
     pg_dsn: str, writer: asyncpg.Connection
 ) -> None:
