@@ -35,6 +35,7 @@ from legacy_compat._config_values import (
     database_fields,
     match_key,
     near_key,
+    redact,
 )
 from legacy_compat.errors import ConfigError
 
@@ -98,10 +99,12 @@ class Settings:
 
     config_dir: Path
     max_transaction_time: float
-    redis_url: str
+    # Out of the repr, like DatabaseSettings.dsn: a Redis URL may carry a password
+    # and legacy keys hold secrets (SECRET_KEY), and reprs end up in logs.
+    redis_url: str = field(repr=False)
     databases: Mapping[str, DatabaseSettings]
     info: ServiceInfo
-    legacy: Mapping[str, Any]
+    legacy: Mapping[str, Any] = field(repr=False)
     sources: Mapping[str, str] = field(repr=False)
 
     def source_of(self, path: str) -> str:
@@ -233,7 +236,7 @@ class _Raw:
             raise ConfigError(msg)
         redis_url = self._required(self.settings, "REDIS_URL", str, "settings.toml")
         if urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
-            msg = f"{sources['settings.redis_url']}: value {redis_url!r} is not a redis:// URL"
+            msg = f"{sources['settings.redis_url']}: value {redact(redis_url)!r} is not a redis:// URL"
             raise ConfigError(msg)
         if not self.pg:
             msg = "pg.toml: no database table; add at least [club]"

@@ -55,6 +55,16 @@ def test_sample_legacy_dir_is_typed() -> None:
     assert "s3cr" not in repr(club)  # the DSN and its password stay out of reprs
 
 
+def test_secrets_stay_out_of_the_settings_repr() -> None:
+    env = {"CLUB_SETTINGS__REDIS_URL": "redis://:hunter2@127.0.0.1:6379/0"}
+    settings = load_settings(SAMPLE, environ=env)
+    assert settings.redis_url == "redis://:hunter2@127.0.0.1:6379/0"
+    assert settings.legacy["SECRET_KEY"] == "not-a-real-secret"
+    shown = repr(settings)
+    for secret in ("hunter2", "not-a-real-secret", "s3cr"):
+        assert secret not in shown
+
+
 def test_unmodelled_legacy_keys_stay_accessible() -> None:
     settings = load_settings(SAMPLE, environ={})
     assert settings.legacy["SECRET_KEY"] == "not-a-real-secret"
@@ -262,6 +272,8 @@ ENV_ERRORS = [
      "pg.toml [analytics]: dsn (pg.toml [analytics] dsn) and env CLUB_PG__ANALYTICS__HOST both set"),
     ({"CLUB_PG__CLUB__DSN": "mysql://u:hunter2@h/d"},
      "env CLUB_PG__CLUB__DSN: value 'mysql://u:***@h/d' is not a postgresql:// URL"),
+    ({"CLUB_SETTINGS__REDIS_URL": "http://u:hunter2@h:6379/0"},
+     "env CLUB_SETTINGS__REDIS_URL: value 'http://u:***@h:6379/0' is not a redis:// URL"),
     ({"CLUB_SETTINGS__MAX_TRANSACTION_TIME": "nan"},
      "env CLUB_SETTINGS__MAX_TRANSACTION_TIME: value 'nan' is not a valid float"),
 ]  # fmt: skip
