@@ -9,10 +9,9 @@ import sys
 import uuid
 
 import aiohttp
-import asyncpg
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, _drop_database
 
 WAIT = 90.0
 
@@ -27,14 +26,6 @@ async def _announced(stdout: asyncio.StreamReader) -> dict[str, str]:
         name, _, url = line.strip().partition(" ")
         urls[name] = url
     return urls
-
-
-async def _drop(server_dsn: str, name: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_stack_serves_the_seeded_club_api_and_stops_cleanly(
@@ -86,5 +77,5 @@ async def test_stack_serves_the_seeded_club_api_and_stops_cleanly(
         if stack.returncode is None:
             stack.kill()
             await stack.wait()
-        await _drop(pg_server_dsn, database)
+        await _drop_database(pg_server_dsn, database)
     assert "seeded" in (tmp_path / "stderr.txt").read_text()
