@@ -504,37 +504,34 @@ def report(
 NOTES = """### Reading it
 
 - Errors are wrk's: non-2xx answers plus socket errors (mostly its 2 s timeout at 128 connections).
-- Small responses: one Python process does a few thousand proxied requests per second
-  (the research estimate for aiohttp was 1.5-2.5k per core); nginx does 20-40k on the
-  same core budget, so the 0.5x goal is out of reach for one aiohttp worker. Per request
-  the proxy makes 2 reads, 3 writes (client, upstream, access log), 2 getpid (logging)
-  and 1 getrandom (request id) syscalls (strace -c).
-- Where the time goes, small responses: the two socket writes (`StreamWriter._write` /
-  `_writelines`, about a third: the loopback send includes the kernel's delivery to the
-  reader), aiohttp's client request machinery (`ClientSession._request`, about 40%
-  inclusive), the access log through stdlib logging (about 10%), our header filtering
-  (a few %).
-- 1 MiB responses: the socket writes of the body dominate (about half); per-chunk work
-  (`data_received`, the sock_read timer reschedule in `_reschedule_timeout`) is next.
-
-Suggestions for the forwarding code, from the profile:
-
-1. Access log off the stdlib logging path: format the line with orjson and append it to
-   a buffer flushed once per event-loop tick or every few ms (or at least set
-   `logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False` to
-   drop the getpid per record). Worth up to ~10% on small responses.
-2. Request id without a syscall per request: a per-process random prefix plus a counter
-   (ids need to be unique, not secret) instead of `secrets.token_hex` in proxy/headers.py.
-3. Upstream session `read_bufsize` (ClientLimits, 64 KiB now) (e.g. 256 KiB-1 MiB, bounded
-   by the RSS goal) so 1 MiB bodies move in fewer, larger writes and fewer timer
-   reschedules.
-4. `gc.freeze()` after startup and a larger gen-0 threshold (`gc.set_threshold`): the
-   native profile shows a few % in the collector for short-lived request objects.
-5. The remaining big block is aiohttp's client (`ClientRequest` construction, auto
-   headers, `send`): a thin protocol-level upstream client writing one prebuilt
-   request-head buffer per request would remove most of it; that is a larger change.
-6. Throughput scales with `--workers N` (SO_REUSEPORT), one per core; the ratio per core
-   stays as above.
+- The request path since the proxy-perf work (see docs/proxy.md, "Performance notes"):
+  plain requests go through a thin keep-alive client (`proxy/_upstream_client.py`, on
+  aiohttp's own `ResponseHandler` and llhttp parser) instead of `ClientSession`; the
+  upstream request head is built once as bytes from the client's raw headers and sent
+  in one write; request ids are a per-process prefix plus a counter (no getrandom);
+  the access log is batched JSON lines on stdout (no stdlib logging per request);
+  `gc.freeze()` after startup. Before it, the same benchmark gave 0.10-0.13x nginx on
+  200 B and 0.57-0.65x on 1 MiB, +0.38 ms at 1 connection.
+- Where the time goes now, 200 B: the two socket sends per request dominate the
+  profile (`Exchange.send`: the request to the upstream; `StreamWriter._writelines`:
+  the answer to the client; on loopback each send also runs the receiver's TCP work and
+  wakes nginx or wrk, which share the two cores), then the event loop itself
+  (`Runner.run`: epoll and receives); aiohttp's server machinery (request parsing,
+  `StreamResponse` prepare and write) and our own code (match, headers, metrics, access
+  log) are each a few per cent. CPU per proxied request is about 105-140 us at 32
+  connections (measured from /proc utime+stime), of which the user part is about
+  100 us.
+- Small responses: aiohttp's bare hello-world server reaches about 14-15k req/s on this
+  machine, about 0.4x this nginx proxy; a proxy does two HTTP exchanges per request on
+  top of it, so the 0.5x goal is out of reach for one aiohttp worker. Throughput scales
+  with `--workers N` (SO_REUSEPORT), one per core; the ratio per core stays as above.
+- 1 MiB responses: socket writes and reads of the body dominate (`StreamWriter._write`,
+  `ResponseHandler.data_received`, which includes llhttp copying each body piece);
+  64 KiB read buffers measured better than 256 KiB here (fewer cache misses, same
+  syscalls).
+- Added latency at 1 connection is mostly scheduling: the proxy's two sends each wake a
+  peer process on the same two cores; user CPU per request is about 180 us at 1
+  connection against 100 us at 32 (cold caches between requests).
 """
 
 
