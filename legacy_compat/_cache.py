@@ -3,7 +3,7 @@
 Values are stored exactly as club-api stores them (see `_packager`), so both
 sides of the migration share one cache. A stored value that cannot be decoded
 (corrupt, truncated, an unknown type, a gzip bomb, invalid UTF-8 under a
-``decode_responses=True`` client) is logged as ``cache.corrupt_value``,
+``decode_responses=True`` client) is logged as ``legacy_compat.cache.corrupt_value``,
 counted in `Cache.stats`, deleted, and returned as a miss: it never reaches
 the request. Redis connection errors are not swallowed: the caller decides.
 """
@@ -147,7 +147,7 @@ class Cache:
         self.stats.corrupt += 1
         self.stats.misses += 1
         logger.warning(
-            "cache.corrupt_value",
+            "legacy_compat.cache.corrupt_value",
             extra={
                 "key": key if isinstance(key, str) else key.decode(errors="replace"),
                 "error": str(exc),

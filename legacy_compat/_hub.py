@@ -125,7 +125,9 @@ class WebSocketHub:
         try:
             await asyncio.wait_for(self._subscribed.wait(), connect_timeout)
         except TimeoutError:
-            logger.warning("hub.start_without_redis", extra={"channel": self._redis.channel})
+            logger.warning(
+                "legacy_compat.hub.start_without_redis", extra={"channel": self._redis.channel}
+            )
 
     async def stop(self) -> None:
         """Close every local socket (1001 going away) and stop the subscriber."""
@@ -183,7 +185,9 @@ class WebSocketHub:
                 # Skip Redis for a moment: sends during an outage stay fast.
                 self._publish_retry_at = loop.time() + _PUBLISH_BACKOFF
                 self.stats.publish_failures += 1
-                logger.warning("hub.publish_failed", extra={"user": user, "error": repr(exc)})
+                logger.warning(
+                    "legacy_compat.hub.publish_failed", extra={"user": user, "error": repr(exc)}
+                )
             else:
                 self._publish_retry_at = 0.0
                 self.stats.published += 1
@@ -253,7 +257,9 @@ class WebSocketHub:
     async def _on_subscribed(self) -> None:
         if self._ever_subscribed:
             self.stats.redis_reconnects += 1
-            logger.info("hub.redis_reconnected", extra={"channel": self._redis.channel})
+            logger.info(
+                "legacy_compat.hub.redis_reconnected", extra={"channel": self._redis.channel}
+            )
         self._ever_subscribed = True
         self.stats.redis_connected = True
         await self._local.catch_up()
@@ -263,13 +269,13 @@ class WebSocketHub:
         if self.stats.redis_connected:
             self.stats.redis_disconnects += 1
             extra = {"channel": self._redis.channel, "error": repr(exc)}
-            logger.warning("hub.redis_lost", extra=extra)
+            logger.warning("legacy_compat.hub.redis_lost", extra=extra)
         self.stats.redis_connected = False
 
     def _on_message(self, raw: bytes) -> None:
         parsed = parse_fanout(raw)
         if parsed is None:
-            logger.warning("hub.bad_fanout_message", extra={"size": len(raw)})
+            logger.warning("legacy_compat.hub.bad_fanout_message", extra={"size": len(raw)})
             return
         kind, user, msg_id, sid, body = parsed
         self._local.deliver(kind, user, sid, frame(kind, msg_id, body))

@@ -182,7 +182,7 @@ class LocalSockets:
         sock.closing = True
         self._stats.slow_consumers += 1
         extra = {"user": sock.user, "queued": sock.queue.qsize(), "code": int(SLOW_CONSUMER_CLOSE)}
-        logger.warning("hub.slow_consumer_closed", extra=extra)
+        logger.warning("legacy_compat.hub.slow_consumer_closed", extra=extra)
         self._detach(sock)
         if sock.writer is not None and sock.writer is not asyncio.current_task():
             sock.writer.cancel()
@@ -194,7 +194,9 @@ class LocalSockets:
             async with asyncio.timeout(self._close_timeout):
                 await sock.ws.close(code=code, message=reason, drain=False)
         except (TimeoutError, ConnectionError) as exc:
-            logger.debug("hub.close_incomplete", extra={"user": sock.user, "error": repr(exc)})
+            logger.debug(
+                "legacy_compat.hub.close_incomplete", extra={"user": sock.user, "error": repr(exc)}
+            )
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -238,7 +240,7 @@ class LocalSockets:
                     page = await self._redis.read_page(key, after)
                 except REDIS_ERRORS as exc:
                     extra = {"user": sock.user, "error": repr(exc)}
-                    logger.warning("hub.replay_failed", extra=extra)
+                    logger.warning("legacy_compat.hub.replay_failed", extra=extra)
                     return
                 for sid, body in page:
                     await self._write(sock, frame(kind, format_stream_id(sid), body))

@@ -162,4 +162,4 @@ async def _close_pubsub(pubsub: Any) -> None:
     try:
         await pubsub.aclose()
     except REDIS_ERRORS as exc:
-        logger.debug("hub.pubsub_close_failed", extra={"error": repr(exc)})
+        logger.debug("legacy_compat.hub.pubsub_close_failed", extra={"error": repr(exc)})

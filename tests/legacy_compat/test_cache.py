@@ -123,7 +123,7 @@ async def test_corrupt_value_is_logged_counted_deleted_and_a_miss(
         assert await cache.get("bad", default="miss") == "miss"
     assert cache.stats.corrupt == 1
     assert await client.exists("bad") == 0
-    [record] = [r for r in caplog.records if r.getMessage() == "cache.corrupt_value"]
+    [record] = [r for r in caplog.records if r.getMessage() == "legacy_compat.cache.corrupt_value"]
     assert record.__dict__["key"] == "bad"
 
 

@@ -260,7 +260,7 @@ async def test_slow_consumer_is_closed_with_1013_and_others_keep_receiving(
 
     with caplog.at_level(logging.WARNING, logger="legacy_compat._hub"):
         await asyncio.wait_for(flood(), TIMEOUT)
-    assert any(r.getMessage() == "hub.slow_consumer_closed" for r in caplog.records)
+    assert any(r.getMessage() == "legacy_compat.hub.slow_consumer_closed" for r in caplog.records)
     await wait_until(lambda: one.hub.stats.sockets == 1)
     # The healthy socket of the same user still gets messages.
     last = await one.hub.send_to_user(1, {"n": "after"})
@@ -335,7 +335,7 @@ async def test_redis_restart_keeps_local_delivery_and_recovers(
         assert await recv(ws) == {"msg_id": after, "n": "after"}
         assert one.hub.stats.redis_disconnects >= 1
         events = {r.getMessage() for r in caplog.records}
-        assert {"hub.redis_lost", "hub.redis_reconnected"} <= events
+        assert {"legacy_compat.hub.redis_lost", "legacy_compat.hub.redis_reconnected"} <= events
         await ws.close()
     finally:
         await asyncio.to_thread(server.stop)
