@@ -64,7 +64,8 @@ async def prepare_database(server_dsn: str, redis_url: str) -> str:
     await dbsetup.ensure_database(dsn)
     await dbsetup.apply_schema(dsn)
     if OUTBOX_SQL.exists():
-        # The durable PgQueue outbox, for the new services; harmless to the legacy app.
+        # The durable PgQueue outbox (legacy_compat/sql/outbox.sql), so `durable=` mode can be
+        # tried against the demo database (docs/events.md); neither app uses it, both ignore it.
         await dbsetup.apply_sql(dsn, OUTBOX_SQL)
     size = seed.SeedSize.scaled(float(os.environ.get("CLUB_API_SEED_SCALE") or "0.1"))
     counts = await dbsetup.load_seed(dsn, size)
