@@ -5,7 +5,9 @@ sides of the migration share one cache. A stored value that cannot be decoded
 (corrupt, truncated, an unknown type, a gzip bomb, invalid UTF-8 under a
 ``decode_responses=True`` client) is logged as ``legacy_compat.cache.corrupt_value``,
 counted in `Cache.stats`, deleted, and returned as a miss: it never reaches
-the request. Redis connection errors are not swallowed: the caller decides.
+the request. The delete is a compare-and-delete on the exact bytes read, so a
+good value another writer stored in between survives. Redis connection
+errors are not swallowed: the caller decides.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+
+from redis.client import NEVER_DECODE
 
 from legacy_compat._packager import Packager
 from legacy_compat.errors import PackagerError
@@ -28,6 +32,11 @@ __all__ = ["Cache", "CacheStats"]
 logger = logging.getLogger(__name__)
 
 _MISS: Final = object()
+# Delete KEYS[1] only while it still holds ARGV[1] (the corrupt bytes we read).
+_DELETE_IF_UNCHANGED: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -53,12 +62,13 @@ class Cache:
     the same key wait for the first one instead of stampeding the backend).
     """
 
-    __slots__ = ("_inflight", "_packager", "_redis", "stats")
+    __slots__ = ("_delete_if_unchanged", "_inflight", "_packager", "_redis", "stats")
 
     def __init__(self, redis: aioredis.Redis, *, packager: Packager | None = None) -> None:
         self._redis = redis
         self._packager = packager or Packager()
         self._inflight: dict[str | bytes, asyncio.Future[Any]] = {}
+        self._delete_if_unchanged = redis.register_script(_DELETE_IF_UNCHANGED)
         self.stats = CacheStats()
 
     @property
@@ -128,22 +138,23 @@ class Cache:
             del self._inflight[key]
 
     async def _read(self, key: str | bytes) -> Any:
-        try:
-            raw = await self._redis.get(key)
-        except UnicodeDecodeError as exc:
-            # A decode_responses client fails inside redis-py on non-UTF-8 bytes.
-            return await self._corrupt(key, exc)
+        # Raw bytes whatever the client's decode_responses: a decoding client would
+        # fail inside redis-py on non-UTF-8 values, and the compare-and-delete of a
+        # corrupt value needs the exact bytes (the Packager decodes UTF-8 strictly).
+        raw: bytes | None = await self._redis.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            "GET", key, keys=[key], **{NEVER_DECODE: []}
+        )
         if raw is None:
             self.stats.misses += 1
             return _MISS
         try:
             value = self._packager.unpack(raw)
         except PackagerError as exc:
-            return await self._corrupt(key, exc)
+            return await self._corrupt(key, raw, exc)
         self.stats.hits += 1
         return value
 
-    async def _corrupt(self, key: str | bytes, exc: Exception) -> object:
+    async def _corrupt(self, key: str | bytes, raw: bytes, exc: Exception) -> object:
         self.stats.corrupt += 1
         self.stats.misses += 1
         logger.warning(
@@ -153,5 +164,5 @@ class Cache:
                 "error": str(exc),
             },
         )
-        await self._redis.delete(key)
+        await self._delete_if_unchanged(keys=[key], args=[raw])
         return _MISS

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from legacy_compat import Cache, Packager, PackagerError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
 INVALID = json.loads(
     (Path(__file__).parent.parent / "fixtures" / "legacy" / "packager_vectors.json").read_text(
@@ -152,6 +153,59 @@ async def test_non_utf8_bytes_under_a_decoding_client(
         await decoding.aclose()
 
 
+class RacingPackager(Packager):
+    """A Packager that, when a value fails to decode, has another writer store a good one.
+
+    The write goes through a separate (blocking) client to the same server, so it
+    lands between the cache's GET and its delete, like a concurrent `set`.
+    """
+
+    __slots__ = ("_key", "_writer")
+
+    def __init__(self, writer: redis.Redis, key: str) -> None:
+        super().__init__()
+        self._writer = writer
+        self._key = key
+
+    def unpack(self, text: str | bytes) -> Any:
+        try:
+            return super().unpack(text)
+        except PackagerError:
+            self._writer.set(self._key, self.pack("fresh"))
+            raise
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [b"json:gzip:not-base64!", b"json:plain:\xff\xfe"],
+    ids=["bad-base64", "non-utf8"],
+)
+async def test_corrupt_value_replaced_meanwhile_is_not_deleted(
+    client: aioredis.Redis, redis_url: str, corrupt: bytes
+) -> None:
+    await client.set("k", corrupt)
+    writer = redis.Redis.from_url(redis_url)
+    try:
+        cache = Cache(client, packager=RacingPackager(writer, "k"))
+        assert await cache.get("k", default="miss") == "miss"
+        assert cache.stats.corrupt == 1
+        # The good value written after our read survives the corrupt value's delete.
+        assert await cache.get("k") == "fresh"
+        assert cache.stats.hits == 1
+    finally:
+        writer.close()
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait (generously) until `predicate()` holds."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout=10)
+
+
 async def test_get_or_set_loads_once_then_hits(client: aioredis.Redis) -> None:
     cache = Cache(client)
     calls = 0
@@ -220,23 +274,27 @@ async def test_get_or_set_error_reaches_every_waiter_and_nothing_is_stored(
 ) -> None:
     cache = Cache(client)
     release = asyncio.Event()
+    calls = 0
 
     async def load() -> int:
+        nonlocal calls
+        calls += 1
         await release.wait()
         msg = "backend down"
         raise RuntimeError(msg)
 
     first = asyncio.create_task(cache.get_or_set("k", load, ttl=None))
-    await asyncio.sleep(0)
-    while "k" not in cache._inflight:
-        await asyncio.sleep(0.01)
+    await until(lambda: "k" in cache._inflight)
     second = asyncio.create_task(cache.get_or_set("k", load, ttl=None))
-    await asyncio.sleep(0.05)
+    # The second caller's miss and its joining the pending load happen in one step
+    # (no await between them), so its miss being counted means it is waiting.
+    await until(lambda: cache.stats.misses == 2)
     release.set()
     results = await asyncio.wait_for(
         asyncio.gather(first, second, return_exceptions=True), timeout=10
     )
     assert [str(r) for r in results] == ["backend down", "backend down"]
+    assert calls == 1  # the second caller got the first one's error, not its own
     assert await client.exists("k") == 0
     assert not cache._inflight
 
@@ -258,8 +316,11 @@ async def test_get_or_set_waiter_takes_over_when_the_loader_is_cancelled(
     first = asyncio.create_task(cache.get_or_set("k", hang, ttl=None))
     await asyncio.wait_for(started.wait(), timeout=10)
     second = asyncio.create_task(cache.get_or_set("k", load, ttl=None))
-    await asyncio.sleep(0.05)
+    # Its miss counted means it is waiting on the first load (see the test above).
+    await until(lambda: cache.stats.misses == 2)
     first.cancel()
     assert await asyncio.wait_for(second, timeout=10) == 5
     with pytest.raises(asyncio.CancelledError):
         await first
+    # Three misses: both first reads, then the waiter's read after the takeover.
+    assert cache.stats.misses == 3
