@@ -77,6 +77,13 @@ class ErrorResponse(web.Response):
         )
         self.kind = kind
 
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        # The proxy's own answer: aiohttp's `Server` would name the proxy's
+        # software. Here rather than in on_response_prepare: the answer to a
+        # malformed request (proxy._protocol) is never routed, so no app hook runs.
+        self.headers.popall("Server", None)
+
 
 def error_response(status: int, error: str, *, request_id: str, kind: str) -> ErrorResponse:
     """A JSON error `{"error", "request_id"}` the proxy answers itself."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from proxy._protocol import ProxyAppRunner
 from proxy.accesslog import configure_logging, stdout_access_log
 from proxy.admin import check_admin_binding, create_admin_app
 from proxy.app import PROXY, create_app
@@ -86,7 +87,7 @@ async def serve(config: ServeConfig, *, index: int = 0, reuse_port: bool = False
         access_log=access_log,
     )
     proxy = app[PROXY]
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.drain_timeout)
+    runner = ProxyAppRunner(app, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     admin_runner: web.AppRunner | None = None
     try:

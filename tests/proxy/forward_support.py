@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
+from aiohttp import web
 
+from proxy._protocol import ProxyAppRunner
 from proxy.app import create_app
 from tests.proxy.echo_upstream import EchoUpstream
 
@@ -16,8 +18,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from aiohttp import web
-    from pytest_aiohttp import AiohttpServer
 
 TIMEOUT = 10.0
 
@@ -156,11 +156,20 @@ async def upstream() -> AsyncIterator[EchoUpstream]:
     await echo.close()
 
 
+async def serve_proxy(app: web.Application) -> tuple[ProxyAppRunner, int]:
+    """Serve `app` on a free loopback port the way `club-proxy run` does (its runner)."""
+    runner = ProxyAppRunner(app, shutdown_timeout=TIMEOUT)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port: int = runner.addresses[0][1]
+    return runner, port
+
+
 @pytest.fixture
-async def proxy_port(upstream: EchoUpstream, aiohttp_server: AiohttpServer, tmp_path: Path) -> int:
-    server = await aiohttp_server(proxy_app(tmp_path, upstream.url))
-    assert server.port is not None
-    return server.port
+async def proxy_port(upstream: EchoUpstream, tmp_path: Path) -> AsyncIterator[int]:
+    runner, port = await serve_proxy(proxy_app(tmp_path, upstream.url))
+    yield port
+    await runner.cleanup()
 
 
 @pytest.fixture

@@ -1,0 +1,109 @@
+"""The proxy's client connections: malformed requests answered the proxy's way.
+
+aiohttp answers a request its parser rejects (bad request line, CL+TE, a bad
+chunk, an oversized header, NUL in the target...) in
+`RequestHandler.handle_error`: a text/plain 400 that quotes the parser's
+details, and an ERROR record with a full traceback on `aiohttp.server`, so any
+client could fill the error log. No app hook sees these requests (they are
+never routed, so neither middlewares nor `on_response_prepare` run), and
+aiohttp has no setting for the connection class. The smallest hook is
+therefore the one this module takes: a `RequestHandler` subclass overriding
+`handle_error`, built by a `Server` subclass, which `ProxyAppRunner` (an
+`AppRunner`) puts in place of the server aiohttp built. Everything else
+(parsing, the 400 status, closing the connection after the answer) stays
+aiohttp's. tests/proxy/test_bad_requests.py pins the hook.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from proxy.forward import error_response
+from proxy.headers import request_id_from
+
+if TYPE_CHECKING:
+    from aiohttp.web_request import BaseRequest
+
+__all__ = ["ProxyAppRunner", "ProxyRequestHandler", "ProxyServer"]
+
+logger = logging.getLogger(__name__)
+
+# Parser messages quote client bytes: enough to diagnose, not a log filler.
+_DETAIL_LIMIT: Final = 200
+
+
+class ProxyRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler with JSON error answers and one log line each."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,  # noqa: ARG002 - parser detail: logged, never sent
+    ) -> web.StreamResponse:
+        """A JSON `{"error", "request_id"}` answer that closes the connection.
+
+        4xx (the parser rejected the request) logs one warning without a
+        traceback; 5xx (the handler raised or timed out) is a bug of ours and
+        logs an error with its traceback.
+        """
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:  # noqa: PLR2004
+            # aiohttp gives 400 for every parser error today; a finer code
+            # (413, 431) it might give is kept.
+            status = exc.code
+        rid = request_id_from(request.headers.get("X-Request-ID"))
+        data = {"request_id": rid, "status": status, "peer": request.remote}
+        if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            logger.error("proxy.internal_error", exc_info=exc, extra=data)
+        else:
+            detail = exc.message if isinstance(exc, HttpProcessingError) else repr(exc)
+            data["error"] = type(exc).__name__
+            data["detail"] = detail[:_DETAIL_LIMIT]
+            logger.warning("proxy.bad_request", extra=data)
+        if request.writer.output_size > 0:
+            # As aiohttp: an answer already started cannot be replaced.
+            msg = "Response is sent already, cannot send another response with the error message"
+            raise ConnectionError(msg)
+        response = error_response(
+            status, HTTPStatus(status).phrase.lower(), request_id=rid, kind="bad_request"
+        )
+        # After a framing error the rest of the stream cannot be trusted
+        # (smuggling): never read another request from this connection.
+        response.force_close()
+        return response
+
+
+class ProxyServer(web.Server):
+    """aiohttp's low-level server, making `ProxyRequestHandler` connections."""
+
+    def __call__(self) -> web.RequestHandler:
+        return ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProxyAppRunner(web.AppRunner):
+    """`web.AppRunner` whose connections answer malformed requests the proxy's way.
+
+    `club-proxy run` serves through it; another runner (gunicorn's worker,
+    `aiohttp_server`) serves the same app with aiohttp's plain 400s.
+    """
+
+    __slots__ = ()
+
+    async def _make_server(self) -> web.Server:
+        # aiohttp built its Server from the app (handler args, request
+        # factory, loop); the proxy's differs only in the connection class.
+        server = await super()._make_server()
+        return ProxyServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            **server._kwargs,  # noqa: SLF001 - the handler args, see above
+        )
