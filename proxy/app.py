@@ -96,6 +96,27 @@ class _Call:
     target: str
     target_bytes: str
     start: float
+    # Counts the body bytes of an answer the proxy does not relay itself.
+    sent: _BodyCounter | None = None
+    aborted: str | None = None
+
+    def count_body(self) -> None:
+        """Count the body bytes aiohttp writes for this request from now on."""
+        if self.sent is None:
+            self.sent = _BodyCounter()
+            self.request.writer.on_body_write = self.sent
+
+
+class _BodyCounter:
+    """`AbstractStreamWriter.on_body_write` callback: body bytes, headers and framing excluded."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def __call__(self, size: int, _output_size: int) -> None:
+        self.bytes += size
 
 
 @dataclass(slots=True, kw_only=True)
@@ -140,6 +161,8 @@ class Proxy:
         self.metrics.in_flight.inc()
         try:
             response = refusal(request, self.policy, call.rid) or await self._dispatch(call)
+            if type(response) is not PassThroughResponse:
+                await _write(call, response)
             return response
         finally:
             self.metrics.in_flight.dec()
@@ -206,6 +229,8 @@ class Proxy:
             # in-process the new handler is the WebSocket endpoint and needs them.
             headers["Upgrade"] = request.headers["Upgrade"]
             headers["Connection"] = "Upgrade"
+        # Counted from here: a streaming handler writes before it returns.
+        call.count_body()
         response = await inprocess.handle(request, headers=headers, request_id=call.rid)
         if not response.prepared:
             response.headers["X-Request-ID"] = call.rid
@@ -231,7 +256,8 @@ class Proxy:
             if aborted == "upstream":
                 self.metrics.upstream_error(call.target, "aborted")
         elif response is not None:
-            body_bytes, status = response.body_length, response.status
+            status, aborted = response.status, call.aborted
+            body_bytes = call.sent.bytes if call.sent is not None else 0
             if type(response) is ErrorResponse and response.kind in _UPSTREAM_KINDS:
                 self.metrics.upstream_error(call.target, response.kind)
         else:
@@ -290,6 +316,18 @@ class Proxy:
 _UPSTREAM_KINDS: Final = frozenset({"connect", "timeout", "protocol"})
 
 PROXY: Final = web.AppKey("proxy", Proxy)
+
+
+async def _write(call: _Call, response: web.StreamResponse) -> None:
+    # Written here rather than by aiohttp once the handler has returned, so
+    # the access log and metrics get the body bytes sent and the whole
+    # duration; aiohttp's own prepare/write_eof then find the answer done.
+    call.count_body()
+    try:
+        await response.prepare(call.request)
+        await response.write_eof()
+    except ConnectionResetError:
+        call.aborted = "client"
 
 
 def _upstreams_of(table: RouteTable) -> Iterable[Upstream]:

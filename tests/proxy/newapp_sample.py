@@ -3,7 +3,7 @@
 Routes: ``GET /api/users/{id}`` and ``POST /api/events/{id}/registrations``
 (both answer JSON describing what they saw), plus ``GET /api/state`` showing
 the resource its `cleanup_ctx` opened, so a test can tell whether the proxy
-started the app. `create_app(settings)` accepts the legacy Settings the proxy
+started the app, and ``GET /api/stream``, a streamed answer. `create_app(settings)` accepts the legacy Settings the proxy
 passes when routes.yaml gives `new.config_dir`; `SETTINGS_SEEN` holds them.
 """
 
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 STATE = web.AppKey("state", dict)
 SETTINGS_SEEN = web.AppKey("settings_seen", object)
+# What GET /api/stream writes, one write each, before its handler returns.
+STREAMED = (b"one ", b"two ", b"three")
 
 
 async def _state_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -51,6 +53,15 @@ async def create_registration(request: web.Request) -> web.Response:
     )
 
 
+async def stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    await response.prepare(request)
+    for part in STREAMED:
+        await response.write(part)
+    await response.write_eof()
+    return response
+
+
 async def get_state(request: web.Request) -> web.Response:
     return web.json_response({"side": "new", "state": request.app[STATE]})
 
@@ -63,6 +74,7 @@ def create_app(settings: object | None = None) -> web.Application:
     app.router.add_get("/api/users/{id}", get_user)
     app.router.add_post("/api/events/{id:\\d+}/registrations", create_registration)
     app.router.add_get("/api/state", get_state)
+    app.router.add_get("/api/stream", stream)
     return app
 
 
