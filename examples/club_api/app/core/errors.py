@@ -3,14 +3,19 @@
 Handlers raise `ClubApiError` subclasses; `legacy_errors` (a middleware)
 turns them, aiohttp's own HTTP errors (unknown path, wrong method) and
 unexpected exceptions into that one shape, so no client ever sees an HTML or
-plain-text error page. The messages are part of the API contract (the new
+plain-text error page. A client that hangs up mid-request is no application
+error: it is logged as ``club_api.client_disconnected``, and when the body read
+fails with ConnectionResetError it is answered 499 (nginx's "client closed
+request"), which only the access log sees; under ``handler_cancellation`` the
+handler's CancelledError is logged the same way and goes on. The messages are part of the API contract (the new
 handlers must answer byte-identically); README.md lists them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import orjson
 from aiohttp import hdrs, web
@@ -32,6 +37,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# nginx's status for a request the client abandoned; never reaches the client.
+CLIENT_CLOSED_REQUEST: Final = 499
 
 
 class ClubApiError(Exception):
@@ -92,6 +100,10 @@ async def legacy_errors(request: web.Request, handler: Handler) -> web.StreamRes
     """Answer every failure in the legacy error shape."""
     try:
         return await handler(request)
+    except asyncio.CancelledError:
+        if _client_gone(request):
+            _log_disconnect(request)
+        raise
     except ClubApiError as exc:
         return error_response(exc.status, exc.message, exc.headers)
     except web.HTTPException as exc:
@@ -100,9 +112,25 @@ async def legacy_errors(request: web.Request, handler: Handler) -> web.StreamRes
         # aiohttp's routing errors: 404 "not found", 405 "method not allowed" (+ Allow).
         kept = {k: v for k, v in exc.headers.items() if k == hdrs.ALLOW}
         return error_response(exc.status, exc.reason.lower(), kept)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and _client_gone(request):
+            _log_disconnect(request)
+            return web.Response(status=CLIENT_CLOSED_REQUEST)
         # The last resort: log it with the traceback, never leak it to the client.
         logger.exception(
             "club_api.unhandled_error", extra={"method": request.method, "path": request.path}
         )
         return error_response(500, "internal server error", {})
+
+
+def _client_gone(request: web.Request) -> bool:
+    # A reset from anywhere else (a backend socket) is a real error while the
+    # client is still connected.
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _log_disconnect(request: web.Request) -> None:
+    logger.info(
+        "club_api.client_disconnected", extra={"method": request.method, "path": request.path}
+    )
