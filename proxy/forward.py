@@ -122,18 +122,19 @@ async def strip_server_defaults(
     request: web.BaseRequest,  # noqa: ARG001 - the signal signature
     response: web.StreamResponse,
 ) -> None:
-    """on_response_prepare: undo the headers aiohttp's server adds on its own.
+    """on_response_prepare: undo the headers aiohttp's server adds to a relayed answer.
 
     aiohttp sets `Server` always and `Content-Type: application/octet-stream`
     when a body has none; the upstream's answer must reach the client as sent.
+    Other answers keep them: an in-process new-app answer is what that aiohttp
+    app alone would send (as the legacy aiohttp app does), and the proxy's own
+    errors drop `Server` themselves (`ErrorResponse`).
     """
     if type(response) is PassThroughResponse:
         if not response.upstream_server:
             response.headers.popall("Server", None)
         if not response.upstream_content_type:
             response.headers.popall("Content-Type", None)
-    else:
-        response.headers.popall("Server", None)
 
 
 # What the thin client raises for an upstream that could not answer.

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
+from proxy.forward import error_response
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
@@ -110,7 +112,7 @@ class InProcessApp:
             logger.exception("proxy.new_handler_error", extra={"request_id": rid})
             if request.writer.output_size:
                 raise  # the handler had started its answer: only aborting is honest
-            return web.json_response({"error": "new handler failed", "request_id": rid}, status=500)
+            return error_response(500, "new handler failed", request_id=rid, kind="new_handler")
         if not response.prepared:
             await _run_prepare_hooks(inner, response)
         return response

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
+from proxy.forward import error_response
+
 if TYPE_CHECKING:
     from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
     from yarl import URL
@@ -64,6 +66,8 @@ _REFUSAL_DROP = frozenset(
         hdrs.SEC_WEBSOCKET_ACCEPT,
         hdrs.SEC_WEBSOCKET_PROTOCOL,
         hdrs.SEC_WEBSOCKET_EXTENSIONS,
+        # The proxy's own answer carries the request id already.
+        "X-Request-ID",
     )
 )
 
@@ -125,7 +129,7 @@ def _offered_protocols(request: web.BaseRequest) -> tuple[str, ...]:
 
 
 def _error(status: int, message: str, request_id: str) -> web.Response:
-    return web.json_response({"error": message, "request_id": request_id}, status=status)
+    return error_response(status, message, request_id=request_id, kind="websocket")
 
 
 def _refusal(exc: aiohttp.WSServerHandshakeError, request_id: str) -> web.Response:
