@@ -1,8 +1,9 @@
 """legacy_compat: what the legacy club-api and the new services share.
 
 TOML config, PgBank (raw SQL on asyncpg with the legacy codecs), the Packager
-cache format, PgQueue (LISTEN/NOTIFY and the durable outbox) and the
-cross-instance WebSocket hub. Everything public is listed in `__all__`.
+cache format, PgQueue (LISTEN/NOTIFY and the durable outbox), the
+cross-instance WebSocket hub, and `StatsCollector` (their counters for
+Prometheus). Everything public is listed in `__all__`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from legacy_compat._db import Database, PgBank, Transaction
 from legacy_compat._events import DebounceMode, Event, QueueStats
 from legacy_compat._hub import HubStats, WebSocketHub
 from legacy_compat._listener import Backoff
+from legacy_compat._metrics import StatsCollector
 from legacy_compat._outbox import emit
 from legacy_compat._packager import Packager
 from legacy_compat._queue import PgQueue
@@ -52,6 +54,7 @@ __all__ = [
     "QueueStats",
     "ServiceInfo",
     "Settings",
+    "StatsCollector",
     "Transaction",
     "TransactionTimeout",
     "WebSocketHub",

@@ -6,6 +6,7 @@ what Tortoise itself keeps (see `_tortoise`). Resources open in dependency
 order and close in reverse through one `AsyncExitStack`:
 
     Tortoise (own asyncpg pool) -> Redis -> Cache(Packager) -> WebSocketHub -> PgQueue
+      -> their stats in prometheus-client's default REGISTRY (`_exported`)
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import REGISTRY
 from tortoise.context import TortoiseContext, get_current_context, set_global_context
 
-from legacy_compat import Cache, DebounceMode, Packager, PgQueue, WebSocketHub
+from legacy_compat import Cache, DebounceMode, Packager, PgQueue, StatsCollector, WebSocketHub
 from new_services.db import tortoise_config
 from new_services.realtime.events import route_trigger_events
 from new_services.realtime.sockets import LocalSockets
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from legacy_compat import Settings
 
@@ -92,6 +94,22 @@ async def _tortoise(settings: Settings) -> AsyncIterator[TortoiseContext]:
         await ctx.close_connections()
 
 
+@contextlib.contextmanager
+def _exported(collector: StatsCollector) -> Iterator[None]:
+    """Register `collector` in the default REGISTRY while the app runs.
+
+    The default registry, not the proxy's: this app must not depend on the
+    proxy. In-process, the proxy's /-/metrics renders the default registry
+    too, so the counters show up there; a process running this app alone can
+    serve it with any prometheus-client exporter.
+    """
+    REGISTRY.register(collector)
+    try:
+        yield
+    finally:
+        REGISTRY.unregister(collector)
+
+
 async def services_ctx(app: web.Application, *, settings: Settings) -> AsyncIterator[None]:
     """cleanup_ctx: open everything, publish `Services`, close in reverse."""
     async with contextlib.AsyncExitStack() as stack:
@@ -107,6 +125,7 @@ async def services_ctx(app: web.Application, *, settings: Settings) -> AsyncIter
         queue = PgQueue(settings, channel="events", mode=DebounceMode.LEGACY, window=0.0)
         queue.on_any(partial(route_trigger_events, sockets=sockets, cache=cache))
         await stack.enter_async_context(queue)
+        stack.enter_context(_exported(StatsCollector(cache=cache, hub=hub, queue=queue)))
         app[SERVICES] = Services(
             settings=settings,
             orm=orm,

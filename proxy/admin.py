@@ -3,7 +3,8 @@
     GET /-/health    200 while the process runs
     GET /-/ready     200 once the proxy serves, 503 before and while draining
     GET /-/routes    the active table, its digest and the last reload result
-    GET /-/metrics   Prometheus text (the proxy's own registry)
+    GET /-/metrics   Prometheus text (the proxy's registry, then the default one:
+                     process_*, python_*, in-process new_services club_compat_*)
 
 Bound anywhere but loopback, every endpoint requires `Authorization: Bearer
 <token>`; `check_admin_binding` refuses to start without one (Envoy's edge
@@ -102,7 +103,7 @@ async def routes(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = _proxy(request).metrics.render()
+    body = _proxy(request).metrics.exposition()
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE
     return response

@@ -6,13 +6,25 @@ reloads are read from the watcher's own counters at scrape time, so they can
 never drift from what the admin API reports. Label children are cached in a
 plain dict: the request path pays one dict lookup, not prometheus-client's
 label validation.
+
+The admin /-/metrics body (`exposition`) adds prometheus-client's default
+REGISTRY: the process_* and python_* metrics, and whatever in-process code
+registers there (new_services exports the legacy_compat cache, hub and queue
+counters as club_compat_*, since it must not depend on the proxy).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -149,3 +161,9 @@ class ProxyMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of everything above."""
         return generate_latest(self.registry)
+
+    def exposition(self) -> bytes:
+        """The /-/metrics body: `render()` plus the process-wide default REGISTRY."""
+        if self.registry is REGISTRY:
+            return self.render()
+        return self.render() + generate_latest(REGISTRY)

@@ -106,6 +106,12 @@ async def test_metrics_are_prometheus_text_with_requests_and_reloads(
     )
     assert 'club_proxy_route_reloads_total{result="success"} 0.0' in text
     assert "club_proxy_routes_info{" in text
+    # Then the process-wide default registry (process_*, python_*, in-process apps'),
+    # each family once.
+    assert "python_info{" in text
+    assert "process_cpu_seconds_total " in text
+    types = [line for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types))
 
 
 async def test_a_token_is_required_when_configured(
