@@ -11,12 +11,15 @@ lower-case method) is rejected by the parser before the proxy sees it: a
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.proxy import forward_support
-from tests.proxy.echo_upstream import EchoUpstream
 from tests.proxy.forward_support import RawClient, request
+
+if TYPE_CHECKING:
+    from tests.proxy.echo_upstream import EchoUpstream
 
 proxy_port = forward_support.proxy_port
 raw = forward_support.raw
