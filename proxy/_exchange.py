@@ -1,0 +1,173 @@
+"""One request and its answer on a pooled upstream connection (`proxy._upstream_client`).
+
+`Exchange.send` writes the prebuilt request head, with the body bytes already
+received, in one write, and streams the rest of the body in a task; the
+answer is read by aiohttp's own client protocol (`ResponseHandler`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final
+
+from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
+from aiohttp.client_proto import ResponseHandler
+
+if TYPE_CHECKING:
+    from aiohttp.http import RawResponseMessage
+    from aiohttp.streams import StreamReader
+
+    from proxy._upstream_client import ConnectionPool
+    from proxy.upstreams import ClientLimits
+
+__all__ = ["Exchange", "ResponseProtocol"]
+
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+class ResponseProtocol(ResponseHandler):
+    """aiohttp's client protocol, noting whether a response byte has arrived."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.answered = False
+
+    def data_received(self, data: bytes) -> None:
+        self.answered = True
+        super().data_received(data)
+
+
+class Exchange:
+    """One request and its answer on a pooled connection.
+
+    `status`, `reason`, `headers` and `content` (a StreamReader) are set once
+    `ConnectionPool.request` returns. `finish()` returns the connection to the
+    pool when everything was read and sent, and closes it otherwise.
+    """
+
+    __slots__ = ("_body_task", "_done", "_pool", "_proto", "content", "message")
+
+    # Set by read_head(), before `ConnectionPool.request` returns the exchange.
+    message: RawResponseMessage
+    content: StreamReader
+
+    def __init__(self, pool: ConnectionPool, proto: ResponseProtocol) -> None:
+        self._pool = pool
+        self._proto = proto
+        self._body_task: asyncio.Task[None] | None = None
+        self._done = False
+
+    def send(
+        self,
+        method: str,
+        head: bytes,
+        body: StreamReader | None,
+        *,
+        chunked: bool,
+        read_timeout: float | None,
+    ) -> None:
+        """Write the head (and what is here of the body); stream the rest in a task."""
+        proto = self._proto
+        _expect_answer(proto, method, read_timeout, self._pool.limits)
+        transport = proto.transport
+        if transport is None:
+            msg = "upstream connection lost"
+            raise ServerDisconnectedError(msg)
+        if body is None:
+            transport.write(head)
+            proto.start_timeout()
+            return
+        # Body bytes already received go out with the head, in one write.
+        try:
+            first = body.read_nowait()
+        except Exception as exc:
+            msg = f"request body not readable: {exc!r}"
+            raise ClientOSError(msg) from exc
+        if first:
+            head += b"%x\r\n%b\r\n" % (len(first), first) if chunked else first
+        if body.at_eof():
+            transport.write(head + _LAST_CHUNK if chunked else head)
+            proto.start_timeout()
+            return
+        transport.write(head)
+        self._body_task = asyncio.get_running_loop().create_task(
+            _send_body(proto, body, chunked=chunked)
+        )
+
+    async def read_head(self) -> None:
+        read = self._proto.read
+        while True:
+            message, payload = await read()
+            code = message.code
+            # 1xx interim answers (103 Early Hints, a late 100 Continue) are
+            # not relayed; a 101 to a request that asked for no upgrade is broken.
+            if not 100 <= code < 200:  # noqa: PLR2004
+                break
+            if code == 101:  # noqa: PLR2004
+                msg = "upstream switched protocols on a plain request"
+                raise ServerDisconnectedError(msg)
+        self.message = message
+        self.content = payload
+
+    def release(self, *, reuse: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        task = self._body_task
+        if task is not None and not task.done():
+            task.cancel()
+            reuse = False
+        elif task is not None and (task.cancelled() or task.exception() is not None):
+            reuse = False
+        self._pool.release(self._proto, reuse=reuse)
+
+    def finish(self) -> None:
+        """Done with the answer: pool the connection if it is clean, close it otherwise."""
+        content = self.content
+        self.release(reuse=content.is_eof() and content.exception() is None)
+
+
+def _expect_answer(
+    proto: ResponseProtocol, method: str, read_timeout: float | None, limits: ClientLimits
+) -> None:
+    # How aiohttp's ClientSession sets up its protocol for an answer.
+    proto.answered = False
+    proto.set_response_params(
+        skip_payload=method == "HEAD",
+        read_until_eof=True,
+        auto_decompress=False,
+        read_timeout=read_timeout,
+        read_bufsize=limits.read_bufsize,
+        max_line_size=limits.max_line_size,
+        max_field_size=limits.max_field_size,
+        max_headers=limits.max_headers,
+    )
+
+
+async def _send_body(proto: ResponseProtocol, body: StreamReader, *, chunked: bool) -> None:
+    """Stream the rest of the client's body upstream, honouring the socket's flow control."""
+    try:
+        while True:
+            chunk = await body.readany()
+            transport = proto.transport
+            if transport is None:
+                return  # connection_lost already failed the answer
+            if not chunk:
+                if chunked:
+                    transport.write(_LAST_CHUNK)
+                break
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if proto.writing_paused:
+                await proto._drain_helper()  # noqa: SLF001 - aiohttp's own drain for this protocol
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # The client's body broke (bad chunking, disconnect) or the upstream
+        # went away: fail the answer, never send a truncated body as complete.
+        proto.set_exception(ClientOSError(f"request body not sent: {exc!r}"), exc)
+        # The transport's abort, not the protocol's: that one would clear the
+        # exception the answer is waiting on.
+        if (transport := proto.transport) is not None:
+            transport.abort()
+        return
+    proto.start_timeout()
