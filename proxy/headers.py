@@ -12,14 +12,12 @@ order, duplicates (`Set-Cookie`) included.
 from __future__ import annotations
 
 import ipaddress
-import itertools
-import os
-import re
-import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from multidict import CIMultiDict
+
+from proxy._request_ids import REQUEST_ID, request_id_from
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -67,42 +65,7 @@ _LOWER_PROTECTED: Final = frozenset(n.encode() for n in _PROTECTED)
 # Methods whose requests carry no content by definition; for the others aiohttp's
 # client sent `Content-Length: 0` when there was no body, and so do we.
 _BODILESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _TRUST_CACHE_SIZE: Final = 4096
-
-
-class _RequestIds:
-    """Fresh request ids: a random per-process prefix and a counter, 32 hex digits.
-
-    Ids must be unique, not secret, so there is no random syscall per request
-    (`secrets.token_hex` was one getrandom each). A forked child draws its own
-    prefix, so two processes never share a sequence.
-    """
-
-    __slots__ = ("_counter", "_prefix")
-
-    def __init__(self) -> None:
-        self._prefix = ""
-        self._counter = itertools.count()
-        self.reseed()
-
-    def reseed(self) -> None:
-        self._prefix = secrets.token_hex(8)
-        self._counter = itertools.count()
-
-    def __next__(self) -> str:
-        return f"{self._prefix}{next(self._counter):016x}"
-
-
-_request_ids: Final = _RequestIds()
-os.register_at_fork(after_in_child=_request_ids.reseed)
-
-
-def request_id_from(value: str | None) -> str:
-    """The inbound X-Request-ID when it is short and plain, a fresh one otherwise."""
-    if value is not None and _REQUEST_ID.fullmatch(value):
-        return value
-    return next(_request_ids)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,7 +86,7 @@ class ForwardingPolicy:
     _trust_cache: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.pseudonym or not _REQUEST_ID.fullmatch(self.pseudonym):
+        if not self.pseudonym or not REQUEST_ID.fullmatch(self.pseudonym):
             msg = f"Via pseudonym {self.pseudonym!r} must match [A-Za-z0-9._-]{{1,128}}"
             raise ValueError(msg)
         object.__setattr__(self, "via", f"1.1 {self.pseudonym}")
@@ -243,6 +206,9 @@ def upstream_request_head(  # noqa: C901, PLR0912 - one pass over the headers, k
     body: bool,
 ) -> tuple[bytes, bool]:
     """The request head to send upstream as bytes, and whether the body goes chunked.
+
+    Long because it is one pass over the raw headers on every request's path:
+    split up, it would cost calls for nothing.
 
     The same rules as `upstream_request_headers`, applied to the client's raw
     header bytes, so names, values and order reach the upstream exactly as
