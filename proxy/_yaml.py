@@ -129,9 +129,6 @@ class Node:
             raise self.error(msg)
         return [self.child(item, f"{self.key}[{i}]") for i, item in enumerate(self.raw.value)]
 
-    def is_null(self) -> bool:
-        return isinstance(self.raw, yaml.ScalarNode) and self.raw.tag == _NULL
-
     def string(self) -> str:
         if not isinstance(self.raw, yaml.ScalarNode) or self.raw.tag != _STR:
             msg = f"must be a string, not {self._kind()}"

@@ -120,7 +120,10 @@ class AccessLog:
         seconds: float,
         aborted: str | None = None,
     ) -> None:
-        """Emit one line; free when disabled."""
+        """Emit one line; free when disabled.
+
+        Long because it runs once per request: the entry is built inline.
+        """
         if not self.enabled:
             return
         if self.stream is None and not self.logger.isEnabledFor(logging.INFO):

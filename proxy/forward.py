@@ -160,6 +160,8 @@ async def forward(
     `target` is the raw request target (path and query, undecoded) to send
     upstream. Returns a prepared and finished `PassThroughResponse`, or an
     unprepared `ErrorResponse` when the upstream could not answer.
+
+    Long because it is every relayed request's path, kept in one frame.
     """
     method = request.method
     has_body = request.body_exists

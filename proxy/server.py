@@ -99,20 +99,8 @@ async def serve(config: ServeConfig, *, index: int = 0, reuse_port: bool = False
             admin_runner = web.AppRunner(
                 create_admin_app(app, token=config.admin_token), access_log=None
             )
-            await admin_runner.setup()
-            admin_port = config.admin_port + index if config.admin_port else 0
-            await web.TCPSite(admin_runner, config.admin_host, admin_port).start()
-        logger.info(
-            "proxy.listening",
-            extra={
-                "url": f"http://{config.host}:{config.port}",
-                "admin": f"http://{config.admin_host}:{config.admin_port + index}"
-                if config.admin_port
-                else None,
-                "worker": index,
-                "pid": os.getpid(),
-            },
-        )
+            await _start_admin(admin_runner, config, index)
+        _log_listening(config, index)
         # Everything built so far lives as long as the process: keep it out of
         # the collector's generations so a collection only walks request garbage.
         gc.collect()
@@ -128,6 +116,25 @@ async def serve(config: ServeConfig, *, index: int = 0, reuse_port: bool = False
             await admin_runner.cleanup()
         access_log.close()
     logger.info("proxy.stopped", extra={"worker": index})
+
+
+async def _start_admin(admin_runner: web.AppRunner, config: ServeConfig, index: int) -> None:
+    await admin_runner.setup()
+    admin_port = config.admin_port + index if config.admin_port else 0
+    await web.TCPSite(admin_runner, config.admin_host, admin_port).start()
+
+
+def _log_listening(config: ServeConfig, index: int) -> None:
+    admin = f"http://{config.admin_host}:{config.admin_port + index}" if config.admin_port else None
+    logger.info(
+        "proxy.listening",
+        extra={
+            "url": f"http://{config.host}:{config.port}",
+            "admin": admin,
+            "worker": index,
+            "pid": os.getpid(),
+        },
+    )
 
 
 async def _wait_for_stop() -> None:
