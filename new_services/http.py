@@ -9,7 +9,7 @@ legacy app is going away; new_services must not depend on it).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import orjson
 from aiohttp import hdrs, web
@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# nginx's status for a request the client abandoned; never reaches the client.
+CLIENT_CLOSED_REQUEST: Final = 499
 
 
 class ApiError(Exception):
@@ -103,9 +106,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # Routing errors: 404 "not found", 405 "method not allowed" with its Allow header.
         kept = {k: v for k, v in exc.headers.items() if k == hdrs.ALLOW}
         return _error(exc.status, exc.reason.lower(), kept)
+    except ConnectionResetError:
+        if not _client_gone(request):
+            raise
+        # The client hung up mid-request: no application error. 499 (nginx's
+        # "client closed request") only reaches the access log, as in club-api.
+        logger.info(
+            "new_services.client_disconnected",
+            extra={"method": request.method, "path": request.path},
+        )
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception:
         # The last resort: logged with the traceback, never leaked to the client.
         logger.exception(
             "new_services.unhandled_error", extra={"method": request.method, "path": request.path}
         )
         return _error(500, "internal server error", {})
+
+
+def _client_gone(request: web.Request) -> bool:
+    # A reset from anywhere else (a database or Redis socket) is a real error
+    # while the client is still connected.
+    transport = request.transport
+    return transport is None or transport.is_closing()
