@@ -7,8 +7,9 @@ plain-text error page. A client that hangs up mid-request is no application
 error: it is logged as ``club_api.client_disconnected``, and when the body read
 fails with ConnectionResetError it is answered 499 (nginx's "client closed
 request"), which only the access log sees; under ``handler_cancellation`` the
-handler's CancelledError is logged the same way and goes on. The messages are part of the API contract (the new
-handlers must answer byte-identically); README.md lists them.
+handler's CancelledError is logged the same way and goes on. The messages are
+part of the API contract (the new handlers must answer byte-identically);
+README.md lists them.
 """
 
 from __future__ import annotations
