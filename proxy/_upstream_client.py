@@ -81,6 +81,11 @@ class ConnectionPool:
         """Connections open now, idle or in use."""
         return len(self._open)
 
+    @property
+    def idle_connections(self) -> int:
+        """Connections waiting in the pool for a request."""
+        return len(self._idle)
+
     async def request(
         self,
         method: str,

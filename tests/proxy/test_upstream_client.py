@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from pytest_aiohttp import AiohttpServer
 
+    from proxy._upstream_client import ConnectionPool
     from tests.proxy.echo_upstream import EchoUpstream
 
 # The shared fixtures of the forwarding tests.
@@ -399,20 +400,31 @@ async def test_switching_protocols_on_a_plain_request_is_a_502(
 async def test_bytes_from_an_idle_upstream_connection_keep_it_out_of_the_pool(
     scripted: list[ScriptedUpstream], aiohttp_server: AiohttpServer, tmp_path: Path
 ) -> None:
+    def pool() -> ConnectionPool:
+        return app[PROXY].pools.current["legacy"].client
+
+    def idle_saw_bytes() -> bool:
+        idle = pool()._idle  # what the proxy knows of its idle connection
+        return bool(idle) and all(proto.answered for proto, _ in idle)
+
     async def extra(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             await server.read_head(reader)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             await writer.drain()
-            # Unasked-for bytes once the answer is complete: a broken stream.
-            await asyncio.sleep(0.05)
+            # Unasked-for bytes once the connection is back in the pool: a broken stream.
+            await asyncio.wait_for(_until(lambda: pool().idle_connections == 1), TIMEOUT)
             writer.write(b"HTTP/1.1 200 OK\r\n")
             await writer.drain()
             garbage_sent.set()
 
     garbage_sent = asyncio.Event()
     server = ScriptedUpstream(extra)
-    client = await _proxy_to(server, scripted, aiohttp_server, tmp_path)
+    scripted.append(server)
+    app = proxy_app(tmp_path, await server.start())
+    proxy = await aiohttp_server(app)
+    assert proxy.port is not None
+    client = await RawClient.connect(proxy.port)
     try:
         for _ in range(2):
             await client.send(request("GET", "/x"))
@@ -420,7 +432,8 @@ async def test_bytes_from_an_idle_upstream_connection_keep_it_out_of_the_pool(
             assert (response.status, response.body) == (200, b"ok")
             await asyncio.wait_for(garbage_sent.wait(), TIMEOUT)
             garbage_sent.clear()
-            await asyncio.sleep(0.05)
+            # The next request must find the pooled connection already marked.
+            await asyncio.wait_for(_until(idle_saw_bytes), TIMEOUT)
         assert server.connections == 2
     finally:
         await client.close()
