@@ -521,9 +521,12 @@ NOTES = """### Reading it
   log) are each a few per cent. CPU per proxied request is about 105-140 us at 32
   connections (measured from /proc utime+stime), of which the user part is about
   100 us.
-- Small responses: aiohttp's bare hello-world server reaches about 14-15k req/s on this
-  machine, about 0.4x this nginx proxy; a proxy does two HTTP exchanges per request on
-  top of it, so the 0.5x goal is out of reach for one aiohttp worker. Throughput scales
+- Small responses: a bare aiohttp+uvloop hello-world server (200 B body, no access log)
+  measured about 27.7k req/s with wrk -c32 on a quiet machine (a one-off measurement, not
+  part of this run; an earlier 14-15k figure was taken under load), near this nginx
+  proxy. A proxy does a server and a client HTTP exchange per request in one Python
+  process, so about 0.4x nginx is the practical ceiling for one aiohttp worker; the rest
+  of the gap is per-request work in aiohttp's server and our path. Throughput scales
   with `--workers N` (SO_REUSEPORT), one per core; the ratio per core stays as above.
 - 1 MiB responses: socket writes and reads of the body dominate (`StreamWriter._write`,
   `ResponseHandler.data_received`, which includes llhttp copying each body piece);
