@@ -122,14 +122,14 @@ class Proxy:
             start=perf_counter(),
         )
         response: web.StreamResponse | None = None
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight += 1
         try:
             response = refusal(request, self.policy, call.rid) or await self._dispatch(call)
             if type(response) is not PassThroughResponse:
                 await _write(call, response)
             return response
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight -= 1
             self._record(call, response)
 
     async def _dispatch(self, call: _Call) -> web.StreamResponse:

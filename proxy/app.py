@@ -19,7 +19,7 @@ from aiohttp import web
 from proxy._dispatch import Proxy
 from proxy.accesslog import AccessLog
 from proxy.appfactory import build_new_app
-from proxy.forward import error_response, strip_server_defaults
+from proxy.forward import error_response
 from proxy.headers import ForwardingPolicy, request_id_from
 from proxy.inprocess import InProcessApp
 from proxy.metrics import ProxyMetrics
@@ -155,6 +155,5 @@ def create_app(
     )
     app[PROXY] = proxy
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    app.on_response_prepare.append(strip_server_defaults)
     app.cleanup_ctx.append(_lifecycle)
     return app

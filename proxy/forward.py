@@ -36,7 +36,6 @@ __all__ = [
     "failure_response",
     "forward",
     "refusal",
-    "strip_server_defaults",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,6 +61,17 @@ class PassThroughResponse(web.StreamResponse):
         self.body_bytes = 0
         # Why the client connection was cut mid-body, if it was.
         self.aborted: str | None = None
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        # Undo what aiohttp's server adds: `Server` always, `Content-Type:
+        # application/octet-stream` when a body has none; the upstream's answer
+        # reaches the client as sent. Here rather than in an on_response_prepare
+        # hook: with no hook, aiohttp skips the signal (an await) per answer.
+        if not self.upstream_server:
+            self.headers.popall("Server", None)
+        if not self.upstream_content_type:
+            self.headers.popall("Content-Type", None)
 
 
 class ErrorResponse(web.Response):
@@ -116,25 +126,6 @@ def refusal(request: web.Request, policy: ForwardingPolicy, request_id: str) -> 
     if "Via" in request.headers and policy.is_loop(request.headers):
         return error_response(508, "loop detected", request_id=request_id, kind="loop")
     return None
-
-
-async def strip_server_defaults(
-    request: web.BaseRequest,  # noqa: ARG001 - the signal signature
-    response: web.StreamResponse,
-) -> None:
-    """on_response_prepare: undo the headers aiohttp's server adds to a relayed answer.
-
-    aiohttp sets `Server` always and `Content-Type: application/octet-stream`
-    when a body has none; the upstream's answer must reach the client as sent.
-    Other answers keep them: an in-process new-app answer is what that aiohttp
-    app alone would send (as the legacy aiohttp app does), and the proxy's own
-    errors drop `Server` themselves (`ErrorResponse`).
-    """
-    if type(response) is PassThroughResponse:
-        if not response.upstream_server:
-            response.headers.popall("Server", None)
-        if not response.upstream_content_type:
-            response.headers.popall("Content-Type", None)
 
 
 # What the thin client raises for an upstream that could not answer.
