@@ -24,7 +24,7 @@ $(BENCH_STAMP): $(STAMP)
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m examples.stack
+	@$(BIN)/python -m examples.stack
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
