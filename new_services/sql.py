@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from tortoise.backends.base.client import BaseDBAsyncClient
     from tortoise.models import Model
 
-__all__ = ["columns", "fetch", "fetchrow", "jsonb"]
+__all__ = ["active_page_sql", "columns", "fetch", "fetchrow", "jsonb"]
 
 
 def columns(model: type[Model], fields: tuple[str, ...], *, alias: str = "") -> str:
@@ -34,6 +34,28 @@ def columns(model: type[Model], fields: tuple[str, ...], *, alias: str = "") -> 
     projection = model._meta.fields_db_projection  # noqa: SLF001  (Tortoise's field map)
     prefix = f"{alias}." if alias else ""
     return ", ".join(f"{prefix}{projection[name]}" for name in fields)
+
+
+def active_page_sql(model: type[Model], fields: tuple[str, ...]) -> str:
+    """One statement for a list endpoint: a page of `model` rows and the total.
+
+    $1 is the `active` filter (NULL: no filter, so one statement serves both),
+    $2 and $3 are LIMIT and OFFSET; rows come ordered by id, each with `total`.
+    The page is LEFT JOINed to the count so an empty page still brings its
+    total, as one row whose `id` is NULL.
+    """
+    table = model._meta.db_table  # noqa: SLF001  (Tortoise's table name)
+    where = "$1::boolean IS NULL OR active = $1"
+    return f"""
+    SELECT t.total, {columns(model, fields, alias="p")}
+    FROM (SELECT count(*) AS total FROM {table} WHERE {where}) AS t
+    LEFT JOIN LATERAL (
+        SELECT {columns(model, fields)} FROM {table}
+        WHERE {where}
+        ORDER BY id LIMIT $2 OFFSET $3
+    ) AS p ON true
+    ORDER BY p.id
+"""
 
 
 async def fetch(db: BaseDBAsyncClient, sql: str, *args: Any) -> list[Record]:

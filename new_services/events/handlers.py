@@ -16,7 +16,7 @@ from new_services.fields import epoch_seconds
 from new_services.http import NotFound, json_response
 from new_services.params import active_filter, pagination, path_id
 from new_services.services import SERVICES
-from new_services.sql import columns, fetch, fetchrow, jsonb
+from new_services.sql import active_page_sql, columns, fetch, fetchrow, jsonb
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -26,18 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["event_json", "get_event", "list_events", "load_event_detail"]
 
 _FIELDS: Final = ("id", "title", "meta", "starts_at", "capacity", "active", "updated_at")
-# `$1::boolean IS NULL` makes one statement serve "no filter" too. The page is
-# LEFT JOINed to the count so an empty page still brings its total (e.id NULL).
-_LIST_SQL: Final = f"""
-    SELECT t.total, {columns(Event, _FIELDS, alias="e")}
-    FROM (SELECT count(*) AS total FROM events WHERE $1::boolean IS NULL OR active = $1) AS t
-    LEFT JOIN LATERAL (
-        SELECT {columns(Event, _FIELDS)} FROM events
-        WHERE $1::boolean IS NULL OR active = $1
-        ORDER BY id LIMIT $2 OFFSET $3
-    ) AS e ON true
-    ORDER BY e.id
-"""
+_LIST_SQL: Final = active_page_sql(Event, _FIELDS)
 _DETAIL_SQL: Final = f"""
     SELECT {columns(Event, _FIELDS)},
            (SELECT count(*) FROM registrations r WHERE r.event_id = events.id) AS registered

@@ -13,7 +13,7 @@ from new_services.fields import epoch_seconds
 from new_services.http import NotFound, json_response
 from new_services.params import active_filter, pagination, path_id
 from new_services.services import SERVICES
-from new_services.sql import columns, fetch, fetchrow, jsonb
+from new_services.sql import active_page_sql, columns, fetch, fetchrow, jsonb
 from new_services.users.models import User
 
 if TYPE_CHECKING:
@@ -24,18 +24,7 @@ __all__ = ["get_user", "list_users", "user_json"]
 
 _FIELDS: Final = ("id", "name", "email", "profile", "active", "created_at")
 _GET_SQL: Final = f"SELECT {columns(User, _FIELDS)} FROM users WHERE id = $1"
-# `$1::boolean IS NULL` makes one statement serve "no filter" too. The page is
-# LEFT JOINed to the count so an empty page still brings its total (u.id NULL).
-_LIST_SQL: Final = f"""
-    SELECT t.total, {columns(User, _FIELDS, alias="u")}
-    FROM (SELECT count(*) AS total FROM users WHERE $1::boolean IS NULL OR active = $1) AS t
-    LEFT JOIN LATERAL (
-        SELECT {columns(User, _FIELDS)} FROM users
-        WHERE $1::boolean IS NULL OR active = $1
-        ORDER BY id LIMIT $2 OFFSET $3
-    ) AS u ON true
-    ORDER BY u.id
-"""
+_LIST_SQL: Final = active_page_sql(User, _FIELDS)
 
 
 def user_json(row: Record) -> dict[str, Any]:
