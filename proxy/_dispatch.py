@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from proxy.routes import RouteTable
     from proxy.upstreams import UpstreamPools
 
-__all__ = ["CLIENT_CLOSED", "Proxy"]
+__all__ = ["CLIENT_CLOSED", "Proxy", "route_timeout"]
 
 # Status logged when the client went away before the answer was complete (nginx's 499).
 CLIENT_CLOSED: Final = 499
@@ -94,6 +94,8 @@ class Proxy:
     access: AccessLog
     pools: UpstreamPools
     reload_on_sighup: bool = True
+    # Plain requests relayed by `proxy._fastlane` when served by ProxyAppRunner.
+    fast_lane: bool = True
     inprocess: InProcessApp | None = None
     ready: bool = False
     # The `new` target as an upstream when routes.yaml gives it a URL.
@@ -153,7 +155,7 @@ class Proxy:
                 pool=pool,
                 policy=self.policy,
                 request_id=call.rid,
-                client_timeout=_route_timeout(call.route, upstream),
+                client_timeout=route_timeout(call.route, upstream),
             )
         finally:
             self.pools.release(pool)
@@ -210,30 +212,60 @@ class Proxy:
         return self._new_upstream
 
     def _record(self, call: _Call, response: web.StreamResponse | None) -> None:
-        seconds = perf_counter() - call.start
-        route_id = call.route.id if call.route is not None else DEFAULT_ROUTE
         aborted: str | None = None
+        upstream_error: str | None = None
         body_bytes = 0
         status = CLIENT_CLOSED
         if type(response) is PassThroughResponse:
             aborted, body_bytes, status = response.aborted, response.body_bytes, response.status
             if aborted == "upstream":
-                self.metrics.upstream_error(call.target, "aborted")
+                upstream_error = "aborted"
         elif response is not None:
             status, aborted = response.status, call.aborted
             body_bytes = call.sent.bytes if call.sent is not None else 0
             if type(response) is ErrorResponse and response.kind in _UPSTREAM_KINDS:
-                self.metrics.upstream_error(call.target, response.kind)
+                upstream_error = response.kind
         else:
             aborted = "client"
-        method = call.request.method
-        self.metrics.observe(route_id, call.target, method, status, seconds)
-        self.access.log(
+        self.record(
             request_id=call.rid,
-            route=route_id,
+            route=call.route,
             target=call.target,
-            method=method,
+            method=call.request.method,
             raw_target=call.target_bytes,
+            status=status,
+            body_bytes=body_bytes,
+            start=call.start,
+            aborted=aborted,
+            upstream_error=upstream_error,
+        )
+
+    def record(
+        self,
+        *,
+        request_id: str,
+        route: Route | None,
+        target: str,
+        method: str,
+        raw_target: str,
+        status: int,
+        body_bytes: int,
+        start: float,
+        aborted: str | None,
+        upstream_error: str | None,
+    ) -> None:
+        """Metrics and the access line of one finished request (both request paths)."""
+        seconds = perf_counter() - start
+        route_id = route.id if route is not None else DEFAULT_ROUTE
+        if upstream_error is not None:
+            self.metrics.upstream_error(target, upstream_error)
+        self.metrics.observe(route_id, target, method, status, seconds)
+        self.access.log(
+            request_id=request_id,
+            route=route_id,
+            target=target,
+            method=method,
+            raw_target=raw_target,
             status=status,
             body_bytes=body_bytes,
             seconds=seconds,
@@ -253,7 +285,7 @@ async def _write(call: _Call, response: web.StreamResponse) -> None:
         call.aborted = "client"
 
 
-def _route_timeout(route: Route | None, upstream: Upstream) -> aiohttp.ClientTimeout | None:
+def route_timeout(route: Route | None, upstream: Upstream) -> aiohttp.ClientTimeout | None:
     if route is None:
         return None
     overrides = route.timeouts

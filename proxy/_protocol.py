@@ -16,18 +16,22 @@ aiohttp's. tests/proxy/test_bad_requests.py pins the hook.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from proxy._fastlane import FastLane, LaneHost
 from proxy.forward import error_response
 from proxy.headers import request_id_from
 
 if TYPE_CHECKING:
     from aiohttp.web_request import BaseRequest
+
+    from proxy._dispatch import Proxy
 
 __all__ = ["ProxyAppRunner", "ProxyRequestHandler", "ProxyServer"]
 
@@ -82,28 +86,79 @@ class ProxyRequestHandler(web.RequestHandler):
 
 
 class ProxyServer(web.Server):
-    """aiohttp's low-level server, making `ProxyRequestHandler` connections."""
+    """aiohttp's low-level server, making `ProxyRequestHandler` connections.
 
-    def __call__(self) -> web.RequestHandler:
+    With `lanes`, each connection starts in the fast lane (`proxy._fastlane`)
+    and moves to a `ProxyRequestHandler` at its first request that needs
+    aiohttp; shutdown closes and drains both kinds.
+    """
+
+    def __init__(self, *args: Any, lanes: LaneHost | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lanes = lanes
+
+    def __call__(self) -> web.RequestHandler | FastLane:  # type: ignore[override]
+        if self.lanes is not None:
+            return FastLane(self.lanes)
+        return self.handler()
+
+    def handler(self) -> ProxyRequestHandler:
+        """A connection handler of aiohttp's own (the fast lane hands over to it)."""
         return ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        if self.lanes is not None:
+            self.lanes.close_all()
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp's signature
+        if self.lanes is None:
+            await super().shutdown(timeout)
+            return
+        await asyncio.gather(super().shutdown(timeout), self.lanes.shutdown(timeout))
 
 
 class ProxyAppRunner(web.AppRunner):
     """`web.AppRunner` whose connections answer malformed requests the proxy's way.
 
     `club-proxy run` serves through it; another runner (gunicorn's worker,
-    `aiohttp_server`) serves the same app with aiohttp's plain 400s.
+    `aiohttp_server`) serves the same app with aiohttp's plain 400s and
+    without the fast lane.
     """
 
     __slots__ = ()
 
     async def _make_server(self) -> web.Server:
         # aiohttp built its Server from the app (handler args, request
-        # factory, loop); the proxy's differs only in the connection class.
+        # factory, loop); the proxy's differs in the connection class and,
+        # for the proxy app, the fast lane in front of it.
         server = await super()._make_server()
-        return ProxyServer(
+        kwargs = server._kwargs  # noqa: SLF001 - the handler args, see above
+        proxy_server = ProxyServer(
             server.request_handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
-            **server._kwargs,  # noqa: SLF001 - the handler args, see above
+            **kwargs,
         )
+        proxy: Proxy | None = self.app.get(_proxy_key())
+        if proxy is not None and proxy.fast_lane:
+            proxy_server.lanes = LaneHost(
+                proxy,
+                handoff=proxy_server.handler,
+                parser_limits={k: kwargs[k] for k in _PARSER_LIMITS if k in kwargs},
+                keepalive_timeout=kwargs.get("keepalive_timeout", _AIOHTTP_KEEPALIVE),
+            )
+        return proxy_server
+
+
+# The handler args that are also the request parser's limits.
+_PARSER_LIMITS: Final = ("max_line_size", "max_field_size", "max_headers")
+# aiohttp's RequestHandler default, for an app that sets none.
+_AIOHTTP_KEEPALIVE: Final = 3630.0
+
+
+def _proxy_key() -> web.AppKey[Proxy]:
+    # proxy.app imports this module's users; look the key up late.
+    from proxy.app import PROXY  # noqa: PLC0415
+
+    return PROXY

@@ -57,9 +57,11 @@ def server_handler_args(limits: ServerLimits) -> dict[str, object]:
     `auto_decompress=False`: a gzip request body must reach the upstream as
     sent. `handler_cancellation=True`: a client that goes away cancels its
     upstream request at once. aiohttp's own access log is off: ours has the
-    route, target and request id.
+    route, target and request id. Idle keep-alive client connections close
+    after 75 s (nginx's default; aiohttp's is an hour).
     """
     return {
+        "keepalive_timeout": 75.0,
         "auto_decompress": False,
         "handler_cancellation": True,
         "access_log": None,
@@ -131,12 +133,15 @@ def create_app(
     client_limits: ClientLimits | None = None,
     metrics: ProxyMetrics | None = None,
     access_log: AccessLog | None = None,
+    fast_lane: bool = True,
 ) -> web.Application:
     """The proxy application for `routes_path` (RoutesError now if the file is invalid).
 
     `trusted_proxies` are the CIDRs whose X-Forwarded-* headers are kept;
     `pseudonym` is this proxy's name in `Via`. `access_log` defaults to lines
     on the `proxy.access` logger; `club-proxy run` passes a buffered stdout one.
+    `fast_lane=False` sends every request through aiohttp's web layer even
+    when `ProxyAppRunner` serves the app (see `proxy._fastlane`).
     """
     watcher = RoutesWatcher(routes_path, poll_interval=poll_interval)
     proxy = Proxy(
@@ -146,6 +151,7 @@ def create_app(
         access=access_log or AccessLog(),
         pools=UpstreamPools(limits=client_limits or ClientLimits()),
         reload_on_sighup=reload_on_sighup,
+        fast_lane=fast_lane,
     )
     proxy.metrics.watch_reloads(watcher)
     proxy.metrics.watch_pools(proxy.pools)

@@ -30,12 +30,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REFUSED_METHODS",
+    "UPSTREAM_FAILURES",
     "ErrorResponse",
     "PassThroughResponse",
+    "error_body",
     "error_response",
     "failure_response",
     "forward",
     "refusal",
+    "upstream_failure",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,10 +81,9 @@ class ErrorResponse(web.Response):
     """A failure answered by the proxy itself; `kind` names it for metrics and logs."""
 
     def __init__(self, *, status: int, error: str, request_id: str, kind: str) -> None:
-        body = orjson.dumps({"error": error, "request_id": request_id})
         super().__init__(
             status=status,
-            body=body,
+            body=error_body(error, request_id),
             content_type="application/json",
             headers={"X-Request-ID": request_id},
         )
@@ -95,13 +97,24 @@ class ErrorResponse(web.Response):
         self.headers.popall("Server", None)
 
 
+def error_body(error: str, request_id: str) -> bytes:
+    """The body of every answer the proxy gives itself: `{"error", "request_id"}`."""
+    return orjson.dumps({"error": error, "request_id": request_id})
+
+
 def error_response(status: int, error: str, *, request_id: str, kind: str) -> ErrorResponse:
     """A JSON error `{"error", "request_id"}` the proxy answers itself."""
     return ErrorResponse(status=status, error=error, request_id=request_id, kind=kind)
 
 
 def failure_response(exc: BaseException, *, request_id: str, upstream: str) -> ErrorResponse:
-    """Map an upstream failure before any response byte was sent: 504 or 502.
+    """The answer to an upstream failure before any response byte was sent: 504 or 502."""
+    status, error, kind = upstream_failure(exc, request_id=request_id, upstream=upstream)
+    return error_response(status, error, request_id=request_id, kind=kind)
+
+
+def upstream_failure(exc: BaseException, *, request_id: str, upstream: str) -> tuple[int, str, str]:
+    """Log an upstream failure and map it to (status, error, kind): 504 or 502.
 
     Timeouts come first: aiohttp's `ServerTimeoutError` is both a TimeoutError
     and a `ClientConnectionError`.
@@ -116,7 +129,7 @@ def failure_response(exc: BaseException, *, request_id: str, upstream: str) -> E
         "proxy.upstream_failed",
         extra={"request_id": request_id, "upstream": upstream, "kind": kind, "error": repr(exc)},
     )
-    return error_response(status, error, request_id=request_id, kind=kind)
+    return status, error, kind
 
 
 def refusal(request: web.Request, policy: ForwardingPolicy, request_id: str) -> web.Response | None:
@@ -129,7 +142,7 @@ def refusal(request: web.Request, policy: ForwardingPolicy, request_id: str) -> 
 
 
 # What the thin client raises for an upstream that could not answer.
-_UPSTREAM_FAILURES: Final = (
+UPSTREAM_FAILURES: Final = (
     TimeoutError,
     aiohttp.ClientError,
     HttpProcessingError,
@@ -177,7 +190,7 @@ async def forward(
             connect_timeout=timeout.connect,
             read_timeout=timeout.sock_read,
         )
-    except _UPSTREAM_FAILURES as exc:
+    except UPSTREAM_FAILURES as exc:
         return failure_response(exc, request_id=request_id, upstream=pool.upstream.name)
     # Any exit but a complete relay (client gone, cancellation) closes the
     # upstream connection instead of returning a half-read one to the pool.
@@ -233,7 +246,7 @@ async def _copy_body(content: StreamReader, response: PassThroughResponse) -> No
             await write(b"")
         try:
             chunk = await content.readany()
-        except _UPSTREAM_FAILURES as exc:
+        except UPSTREAM_FAILURES as exc:
             raise _UpstreamBodyError from exc
         if not chunk:
             break

@@ -11,6 +11,7 @@ order, duplicates (`Set-Cookie`) included.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeAlias
@@ -22,13 +23,16 @@ from proxy._request_ids import REQUEST_ID, request_id_from
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from aiohttp.http import RawResponseMessage
     from multidict import CIMultiDictProxy
 
 __all__ = [
     "HOP_BY_HOP",
     "ForwardingPolicy",
+    "Framing",
     "IPNetwork",
     "request_id_from",
+    "response_head",
     "response_headers",
     "upstream_request_head",
     "upstream_request_headers",
@@ -66,6 +70,10 @@ _LOWER_PROTECTED: Final = frozenset(n.encode() for n in _PROTECTED)
 # client sent `Content-Length: 0` when there was no body, and so do we.
 _BODILESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _TRUST_CACHE_SIZE: Final = 4096
+_LOWER_HOP_BY_HOP: Final = frozenset(n.lower().encode() for n in HOP_BY_HOP)
+# Statuses whose answers have no body; aiohttp's server also drops their
+# Content-Length (`should_remove_content_length`), and so does the fast lane.
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,3 +276,69 @@ def upstream_request_head(  # noqa: C901, PLR0912 - one pass over the headers, k
         lines.append(b"Content-Length: 0\r\n")
     lines.append(b"\r\n")
     return b"".join(lines), chunked
+
+
+class Framing(enum.Enum):
+    """How the body of a relayed answer is framed towards the client."""
+
+    EMPTY = "empty"  # HEAD, 1xx, 204 and 304: no body whatever the headers say
+    LENGTH = "length"  # the upstream's Content-Length, body bytes as they come
+    CHUNKED = "chunked"  # no length known: chunked, as aiohttp frames it
+
+
+def response_head(  # noqa: C901, PLR0912 - one pass over the headers, as upstream_request_head
+    message: RawResponseMessage, *, method: str, request_id: bytes, date: bytes
+) -> tuple[bytes, Framing]:
+    """The answer head for the client as bytes, and how its body is framed.
+
+    The same rules as `response_headers` plus what aiohttp's StreamResponse
+    adds for a `PassThroughResponse`, applied to the upstream's raw header
+    bytes (names, values and order as sent): hop-by-hop headers and those
+    named in `Connection` go, a `Content-Length` beside `Transfer-Encoding`
+    goes, `X-Request-ID` takes the place of the upstream's (or comes last),
+    then `Transfer-Encoding: chunked` when no length is known and `Date` when
+    the upstream sent none. The status line is HTTP/1.1: only HTTP/1.1
+    clients get here (`proxy._fastlane`).
+    """
+    raw = message.raw_headers
+    names = [name.lower() for name, _ in raw]
+    drop = _LOWER_HOP_BY_HOP
+    if b"connection" in names:
+        connection = [v for n, (_, v) in zip(names, raw, strict=True) if n == b"connection"]
+        drop = drop | _connection_token_bytes(connection)
+    code = message.code
+    informational = code < 200  # noqa: PLR2004
+    empty = method == "HEAD" or informational or code in _NO_BODY_STATUSES
+    drop_length = b"transfer-encoding" in names or informational or code in _NO_BODY_STATUSES
+    reason = message.reason.encode("utf-8", "surrogateescape")
+    lines = [b"HTTP/1.1 %d %b\r\n" % (code, reason)]
+    has_length = has_date = has_id = False
+    for lname, (name, value) in zip(names, raw, strict=True):
+        if lname in drop:
+            continue
+        if lname == b"content-length":
+            if drop_length:
+                continue
+            has_length = True
+        elif lname == b"x-request-id":
+            if has_id:
+                continue
+            has_id = True
+            lines.append(b"%b: %b\r\n" % (name, request_id))
+            continue
+        elif lname == b"date":
+            has_date = True
+        lines.append(b"%b: %b\r\n" % (name, value))
+    if not has_id:
+        lines.append(b"X-Request-ID: %b\r\n" % request_id)
+    if empty:
+        framing = Framing.EMPTY
+    elif has_length:
+        framing = Framing.LENGTH
+    else:
+        framing = Framing.CHUNKED
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    if not has_date:
+        lines.append(b"Date: %b\r\n" % date)
+    lines.append(b"\r\n")
+    return b"".join(lines), framing

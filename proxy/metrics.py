@@ -135,6 +135,12 @@ class ProxyMetrics:
             ["target", "kind"],
             registry=self.registry,
         )
+        self._handoffs = Counter(
+            "club_proxy_fast_lane_handoffs",
+            "Client connections handed from the fast lane to aiohttp's path, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
         # A plain int the request path adds to, read at scrape time: a Gauge's
         # inc/dec take a lock each, twice per request.
         self.in_flight = 0
@@ -169,6 +175,10 @@ class ProxyMetrics:
 
     def upstream_error(self, target: str, kind: str) -> None:
         self._upstream_errors.labels(target, kind).inc()
+
+    def fast_lane_handoff(self, reason: str) -> None:
+        """Count one connection leaving the fast lane (`proxy._fastlane`)."""
+        self._handoffs.labels(reason).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything above."""

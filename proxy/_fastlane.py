@@ -1,0 +1,505 @@
+"""The fast lane: plain requests relayed below aiohttp's web layer.
+
+Most proxied traffic is bodiless requests (GET, HEAD) on keep-alive HTTP/1.1
+connections to an HTTP upstream. For those, aiohttp's web layer (a Request
+object, the per-connection task woken per message, the router, middlewares,
+a StreamResponse with its header multidicts and payload writer) costs more
+CPU than the relay itself: it capped the proxy at a quarter of nginx's
+requests/s on small answers (bench/RESULTS.md).
+
+Every client connection of `club-proxy run` starts in a `FastLane`. It parses
+request heads with aiohttp's own C parser (llhttp, the same limits) and relays
+a request that qualifies (`_handoff_reason`) with the same route table, header
+rules (`proxy.headers`), upstream pools, failure mapping, metrics and access
+line as the aiohttp path (`proxy._dispatch`). The first request that does not
+qualify (a body, an upgrade, `Expect`, HTTP/1.0, `Connection: close`, a `new`
+or cookie-sticky canary route, anything the parser rejects, pipelined bytes)
+hands the connection over, from that request's first byte, to aiohttp's
+`RequestHandler` (`proxy._protocol.ProxyRequestHandler`), which keeps it for
+the rest of its life. So everything unusual stays on the path the
+transparency suite was written against; the fast lane only has to be exact for
+the common case, and tests/proxy/test_fastlane.py holds it to the aiohttp
+path's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import time
+from time import perf_counter
+from typing import TYPE_CHECKING, Final, cast
+
+from aiohttp.http import HttpVersion11
+from aiohttp.http_parser import HttpRequestParser
+from aiohttp.streams import EMPTY_PAYLOAD
+
+from proxy._dispatch import CLIENT_CLOSED, route_timeout
+from proxy.canary import choose_target
+from proxy.forward import REFUSED_METHODS, UPSTREAM_FAILURES, error_body, upstream_failure
+from proxy.headers import Framing, request_id_from, response_head, upstream_request_head
+from proxy.model import NEW, StickyKind
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from aiohttp.http import RawRequestMessage
+    from aiohttp.streams import StreamReader
+
+    from proxy._dispatch import Proxy
+    from proxy._exchange import Exchange
+    from proxy.model import Route, Upstream
+
+__all__ = ["FastLane", "LaneHost"]
+
+logger = logging.getLogger(__name__)
+
+# aiohttp's StreamReader limit for the bodies the fast lane never reads (it
+# hands such requests over before reading them).
+_READ_LIMIT: Final = 1 << 16
+_HEAD_END: Final = b"\r\n\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_STATUS_LINES: Final = {
+    502: b"HTTP/1.1 502 Bad Gateway\r\n",
+    504: b"HTTP/1.1 504 Gateway Timeout\r\n",
+}
+
+
+class LaneHost:
+    """What the fast lanes of one listening server share (`proxy._protocol.ProxyServer`).
+
+    `handoff` builds the aiohttp connection handler a lane hands over to;
+    `lanes` are the live fast-lane connections, for graceful shutdown;
+    `handoffs` counts hand-overs by reason (exported as a metric).
+    """
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        *,
+        handoff: Callable[[], asyncio.Protocol],
+        parser_limits: dict[str, int],
+        keepalive_timeout: float,
+    ) -> None:
+        self.proxy = proxy
+        self.handoff = handoff
+        self.parser_limits = parser_limits
+        self.keepalive_timeout = keepalive_timeout
+        self.lanes: set[FastLane] = set()
+
+    def close_all(self) -> None:
+        """Stop reading new requests: idle lanes close now, busy ones after their answer."""
+        for lane in list(self.lanes):
+            lane.close()
+
+    async def shutdown(self, timeout: float | None) -> None:  # noqa: ASYNC109 - aiohttp's Server.shutdown
+        """Let answers in flight finish (up to `timeout`), then close every lane."""
+        await asyncio.gather(*(lane.shutdown(timeout) for lane in list(self.lanes)))
+
+
+class _Date:
+    """The `Date` value, formatted once per second (as aiohttp does)."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def now(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._value = email.utils.formatdate(second, usegmt=True).encode()
+        return self._value
+
+
+_date: Final = _Date()
+
+
+class FastLane(asyncio.Protocol):
+    """One client connection, relayed here until a request needs aiohttp."""
+
+    def __init__(self, host: LaneHost) -> None:
+        self._host = host
+        self._proxy = host.proxy
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser: HttpRequestParser | None = None
+        self._peer: str | None = None
+        self._scheme = "http"
+        # Bytes since the last answered request: the head being read when
+        # idle, or what arrived during an answer (not yet parsed).
+        self._raw = b""
+        self._task: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._closing = False
+        self._idle_since = 0.0
+        self._keepalive: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's is not an asyncio.Transport subclass).
+        transport = cast("asyncio.Transport", transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if isinstance(peer, tuple) else None
+        if transport.get_extra_info("sslcontext") is not None:
+            self._scheme = "https"
+        self._parser = HttpRequestParser(
+            # Only its pause/resume_reading hooks are called, by a body's reader.
+            self,  # type: ignore[arg-type]
+            self._loop,
+            _READ_LIMIT,
+            auto_decompress=False,
+            **self._host.parser_limits,  # type: ignore[arg-type]
+        )
+        self._host.lanes.add(self)
+        self._rest()
+
+    def data_received(self, data: bytes) -> None:
+        if self._task is not None:
+            # The client sent more during an answer (pipelining): hold it,
+            # read no further, and look at it once the answer is out.
+            self._raw += data
+            self._pause_reading()
+            return
+        self._on_bytes(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:  # noqa: ARG002
+        self._host.lanes.discard(self)
+        self._transport = None
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self._task is not None:
+            # The client went away: drop its upstream request (closing that
+            # connection), as aiohttp's handler_cancellation does.
+            self._task.cancel()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_writer()
+
+    # The parser's flow-control hooks, for the body of a request the lane
+    # hands over without reading: nothing to pause.
+    def pause_reading(self) -> None:
+        """Not used: the lane reads no request body."""
+
+    def resume_reading(self, resume_parser: bool = True) -> None:  # noqa: FBT001, FBT002
+        """Not used: the lane reads no request body."""
+
+    # --- graceful shutdown (LaneHost) ------------------------------------------
+
+    def close(self) -> None:
+        """Close now when idle, or once the answer in flight is out."""
+        self._closing = True
+        if self._task is None and self._transport is not None:
+            self._transport.close()
+
+    async def shutdown(self, timeout: float | None) -> None:  # noqa: ASYNC109 - as RequestHandler.shutdown
+        """Close after the answer in flight, waiting for it up to `timeout`."""
+        self.close()
+        task = self._task
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._transport is not None:
+            self._transport.close()
+
+    # --- requests ---------------------------------------------------------------
+
+    def _on_bytes(self, data: bytes) -> None:
+        parser = self._parser
+        assert parser is not None  # noqa: S101 - set in connection_made
+        raw = self._raw + data if self._raw else data
+        self._raw = raw
+        try:
+            messages, upgraded, _ = parser.feed_data(data)
+        except Exception:  # aiohttp's handler answers it (400) and logs it
+            self._hand_off("malformed")
+            return
+        if not messages:
+            if upgraded:
+                self._hand_off("upgrade")
+            return  # the head is not complete yet; the parser bounds its size
+        message, payload = messages[0]
+        if len(messages) > 1 or payload is not EMPTY_PAYLOAD or not raw.endswith(_HEAD_END):
+            # A body, or a second request already behind this one.
+            self._hand_off("body" if payload is not EMPTY_PAYLOAD else "pipelined")
+            return
+        reason = self._start(message)
+        if reason is not None:
+            self._hand_off(reason)
+
+    def _start(self, message: RawRequestMessage) -> str | None:
+        """Relay `message` in a task; or say why aiohttp must answer it."""
+        reason = _handoff_reason(message, self._proxy)
+        if reason is not None:
+            return reason
+        method = message.method
+        target = message.path
+        proxy = self._proxy
+        table = proxy.watcher.table
+        match = table.match(method, target.partition("?")[0])
+        route = match.route
+        target_name = match.target
+        if route is not None and (canary := route.canary) is not None:
+            sticky = canary.sticky
+            if sticky is not None and sticky.kind is StickyKind.COOKIE:
+                return "canary"
+            target_name = choose_target(match, message.headers, {})
+        if target_name == NEW:
+            return "new"
+        self._raw = b""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        self._task = self._loop.create_task(
+            self._relay(message, route, target_name, table.upstreams[target_name])
+        )
+        return None
+
+    async def _relay(
+        self, message: RawRequestMessage, route: Route | None, target: str, upstream: Upstream
+    ) -> None:
+        start = perf_counter()
+        proxy = self._proxy
+        method = message.method
+        rid = request_id_from(message.headers.get("X-Request-ID"))
+        status, body_bytes = CLIENT_CLOSED, 0
+        aborted: str | None = "client"
+        upstream_error: str | None = None
+        pool = proxy.pools.acquire(upstream)
+        proxy.metrics.in_flight += 1
+        try:
+            head, _ = upstream_request_head(
+                method,
+                message.path,
+                message.raw_headers,
+                policy=proxy.policy,
+                peer=self._peer,
+                scheme=self._scheme,
+                request_id=rid,
+                default_host=pool.host_header,
+                body=False,
+            )
+            timeout = route_timeout(route, upstream) or pool.timeout
+            try:
+                exchange = await pool.client.request(
+                    method,
+                    head,
+                    None,
+                    chunked=False,
+                    connect_timeout=timeout.connect,
+                    read_timeout=timeout.sock_read,
+                )
+            except UPSTREAM_FAILURES as exc:
+                status, error, upstream_error = upstream_failure(
+                    exc, request_id=rid, upstream=upstream.name
+                )
+                aborted = None if self._write(_error_answer(status, error, rid)) else "client"
+            else:
+                try:
+                    status = exchange.message.code
+                    body_bytes, aborted = await self._answer(exchange, method, rid)
+                finally:
+                    exchange.finish()
+                if aborted == "upstream":
+                    upstream_error = "aborted"
+        finally:
+            proxy.metrics.in_flight -= 1
+            proxy.pools.release(pool)
+            proxy.record(
+                request_id=rid,
+                route=route,
+                target=target,
+                method=method,
+                raw_target=message.path,
+                status=status,
+                body_bytes=body_bytes,
+                start=start,
+                aborted=aborted,
+                upstream_error=upstream_error,
+            )
+            self._finished()
+
+    async def _answer(  # noqa: C901 - see the docstring
+        self, exchange: Exchange, method: str, rid: str
+    ) -> tuple[int, str | None]:
+        """Relay the upstream's answer; (body bytes sent, why it was cut or None).
+
+        Long because it is every answer's path, kept in one frame. The head is
+        held back until the first body bytes (one write for a small answer)
+        unless the upstream makes us wait, as `proxy.forward` does.
+        """
+        head, framing = response_head(
+            exchange.message, method=method, request_id=rid.encode(), date=_date.now()
+        )
+        if framing is Framing.EMPTY:
+            return 0, None if self._write(head) else "client"
+        content: StreamReader = exchange.content
+        chunked = framing is Framing.CHUNKED
+        pending = head
+        sent = 0
+        while True:
+            if pending and not content.is_eof() and content.total_bytes == sent:
+                # Nothing buffered: let the client see the head while we wait.
+                if not self._write(pending):
+                    return sent, "client"
+                pending = b""
+            try:
+                chunk = await content.readany()
+            except UPSTREAM_FAILURES as exc:
+                # Too late for a 502: cut the client connection so it sees a
+                # truncated message, never a complete one.
+                logger.warning(
+                    "proxy.upstream_aborted",
+                    extra={"request_id": rid, "sent": sent, "error": repr(exc)},
+                )
+                if self._transport is not None:
+                    self._transport.abort()
+                return sent, "upstream"
+            if not chunk:
+                return sent, None if self._write(
+                    pending + _LAST_CHUNK if chunked else pending
+                ) else "client"
+            sent += len(chunk)
+            data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
+            last = content.at_eof()
+            if last and chunked:
+                data += _LAST_CHUNK
+            if not self._write(pending + data if pending else data):
+                return sent, "client"
+            pending = b""
+            if last:
+                return sent, None
+            if self._writing_paused:
+                await self._drained()
+
+    def _write(self, data: bytes) -> bool:
+        """Write to the client; False when it is gone."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        if data:
+            transport.write(data)
+        return True
+
+    async def _drained(self) -> None:
+        if self._writing_paused and self._transport is not None:
+            self._drain = self._loop.create_future()
+            await self._drain
+
+    def _wake_writer(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def _finished(self) -> None:
+        """The answer is out: close, or read on (what arrived meanwhile first)."""
+        self._task = None
+        transport = self._transport
+        if transport is None:
+            return
+        if self._closing:
+            transport.close()
+            return
+        pending, self._raw = self._raw, b""
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        self._rest()
+        if pending:
+            self._on_bytes(pending)
+
+    # --- connection state -------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _rest(self) -> None:
+        """Idle from now: close the connection if it stays idle for the keep-alive time."""
+        self._idle_since = self._loop.time()
+        if self._keepalive is None:
+            self._keepalive = self._loop.call_at(
+                self._idle_since + self._host.keepalive_timeout, self._check_idle
+            )
+
+    def _check_idle(self) -> None:
+        self._keepalive = None
+        if self._task is not None or self._transport is None:
+            return
+        deadline = self._idle_since + self._host.keepalive_timeout
+        if self._loop.time() >= deadline:
+            self._transport.close()
+        else:
+            self._keepalive = self._loop.call_at(deadline, self._check_idle)
+
+    def _hand_off(self, reason: str) -> None:
+        """Give the connection, from the current request's first byte, to aiohttp."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._host.lanes.discard(self)
+        self._host.proxy.metrics.fast_lane_handoff(reason)
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        raw, self._raw = self._raw, b""
+        self._transport = None
+        self._parser = None
+        handler = self._host.handoff()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if raw:
+            handler.data_received(raw)
+
+
+def _handoff_reason(  # noqa: PLR0911 - one reason per check
+    message: RawRequestMessage, proxy: Proxy
+) -> str | None:
+    """Why aiohttp's path must answer `message`, or None when the lane can."""
+    if message.version != HttpVersion11:
+        return "http10"
+    if message.should_close:
+        return "close"
+    if message.method in REFUSED_METHODS:
+        return "method"
+    if message.path[:1] != "/":
+        return "target"
+    headers = message.headers
+    if "Upgrade" in headers or "Expect" in headers:
+        return "upgrade" if "Upgrade" in headers else "expect"
+    if "Via" in headers and proxy.policy.is_loop(headers):
+        return "loop"
+    return None
+
+
+def _error_answer(status: int, error: str, request_id: str) -> bytes:
+    """The bytes of the proxy's own JSON error answer (`proxy.forward.ErrorResponse`)."""
+    body = error_body(error, request_id)
+    return (
+        b"%bX-Request-ID: %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %b\r\n\r\n%b"
+        % (
+            _STATUS_LINES[status],
+            request_id.encode(),
+            len(body),
+            _date.now(),
+            body,
+        )
+    )
