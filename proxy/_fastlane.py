@@ -264,9 +264,8 @@ class FastLane(asyncio.Protocol):
         if target_name == NEW:
             return "new"
         self._raw = b""
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
+        # The keep-alive timer stays armed: it re-arms itself while busy
+        # (one timer per keep-alive period, not one per request).
         self._task = self._loop.create_task(
             self._relay(message, route, target_name, table.upstreams[target_name])
         )

@@ -75,6 +75,15 @@ class ConnectionPool:
         self._open: set[ResponseProtocol] = set()
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
+        # The event loop, looked up once: asyncio.get_running_loop() costs a
+        # getpid() system call on every call (its fork check).
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     @property
     def open_connections(self) -> int:
@@ -101,7 +110,7 @@ class ConnectionPool:
         Raises TimeoutError (connect, pool wait or first read), UpstreamUnreachable,
         or aiohttp's ClientError / HttpProcessingError for a broken answer.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._get_loop()
         deadline = None if connect_timeout is None else loop.time() + connect_timeout
         retry = body is None and method in _IDEMPOTENT
         while True:
@@ -143,7 +152,7 @@ class ConnectionPool:
         idle = self._idle
         if not idle:
             return None
-        expired = asyncio.get_running_loop().time() - self.keepalive_timeout
+        expired = self._get_loop().time() - self.keepalive_timeout
         while idle:
             proto, since = idle.pop()
             # `answered` while idle: the upstream sent bytes no request asked
@@ -158,7 +167,7 @@ class ConnectionPool:
         if self._closed:
             msg = "the upstream pool is closed"
             raise UpstreamUnreachable(msg)
-        loop = asyncio.get_running_loop()
+        loop = self._get_loop()
         try:
             async with asyncio.timeout_at(deadline):
                 _, proto = await loop.create_connection(
@@ -179,7 +188,7 @@ class ConnectionPool:
         try:
             if reuse and not self._closed and not proto.should_close and proto.is_connected():
                 proto.answered = False
-                loop = asyncio.get_running_loop()
+                loop = self._get_loop()
                 self._idle.append((proto, loop.time()))
                 if self._sweep is None:
                     self._sweep = loop.call_later(self.keepalive_timeout, self._expire)
@@ -196,7 +205,7 @@ class ConnectionPool:
 
     def _expire(self) -> None:
         self._sweep = None
-        loop = asyncio.get_running_loop()
+        loop = self._get_loop()
         expired = loop.time() - self.keepalive_timeout
         idle = self._idle
         while idle and idle[0][1] < expired:

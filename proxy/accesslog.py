@@ -37,6 +37,8 @@ _SECRET_NAME: Final = re.compile(
     r"(?i)(token|secret|passw|pwd|key|auth|sig|session|sid|code|credential|jwt|bearer)"
 )
 _REDACTED: Final = "[redacted]"
+# The fields every access line has after its time, as JSON.
+_FIXED: Final = b'"level":"info","logger":"%b","event":"proxy.access",' % ACCESS_LOGGER.encode()
 # LogRecord attributes that are not user data, so not copied into the JSON line.
 _RECORD_FIELDS: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -70,6 +72,10 @@ class _Clock:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+    def stamp_bytes(self, now: float) -> bytes:
+        """`stamp` as ASCII bytes."""
+        return self.stamp(now).encode()
 
 
 class AccessLog:
@@ -145,14 +151,13 @@ class AccessLog:
         if self.stream is None:
             self.logger.info("proxy.access", extra={"access": entry})
             return
-        line = {
-            "time": self._clock.stamp(time.time()),
-            "level": "info",
-            "logger": ACCESS_LOGGER,
-            "event": "proxy.access",
-            **entry,
-        }
-        self._append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        # The line is `{"time", "level", "logger", "event"}` then the entry's
+        # fields: the fixed part is spliced in front of the entry's JSON
+        # rather than merging two dicts for every request.
+        fields = orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
+        self._append(
+            b'{"time":"%b",%b%b' % (self._clock.stamp_bytes(time.time()), _FIXED, fields[1:])
+        )
 
     def _append(self, line: bytes) -> None:
         self._buffer.append(line)

@@ -66,6 +66,7 @@ _PROTECTED: Final = frozenset({"host", "content-length"})
 _LOWER_DROP: Final = frozenset(n.lower().encode() for n in _REQUEST_DROP)
 _LOWER_FORWARDING: Final = frozenset(n.lower().encode() for n in _FORWARDING)
 _LOWER_PROTECTED: Final = frozenset(n.encode() for n in _PROTECTED)
+_LOWER_DROP_UNTRUSTED: Final = _LOWER_DROP | _LOWER_FORWARDING
 # Methods whose requests carry no content by definition; for the others aiohttp's
 # client sent `Content-Length: 0` when there was no body, and so do we.
 _BODILESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -196,9 +197,32 @@ def response_headers(headers: CIMultiDictProxy[str], *, request_id: str) -> CIMu
     return out
 
 
-def _connection_token_bytes(values: list[bytes]) -> frozenset[bytes]:
+def _connection_token_bytes(values: Iterable[bytes]) -> frozenset[bytes]:
     tokens = (t.strip().lower() for value in values for t in value.split(b","))
     return frozenset(t for t in tokens if t and t not in _LOWER_PROTECTED)
+
+
+# `Connection` values seen and their tokens: nearly every answer carries the
+# same `keep-alive`, so the split is done once, not per request.
+_token_cache: dict[tuple[bytes, ...], frozenset[bytes]] = {}
+
+
+def _dropped_by_connection(
+    drop: frozenset[bytes], names: list[bytes], raw: tuple[tuple[bytes, bytes], ...]
+) -> frozenset[bytes]:
+    """`drop` plus the header names the `Connection` fields of `raw` list."""
+    first = names.index(b"connection")
+    if names.count(b"connection") == 1:
+        values: tuple[bytes, ...] = (raw[first][1],)
+    else:
+        values = tuple(v for n, (_, v) in zip(names, raw, strict=True) if n == b"connection")
+    tokens = _token_cache.get(values)
+    if tokens is None:
+        tokens = _connection_token_bytes(values)
+        if len(_token_cache) >= _TRUST_CACHE_SIZE:
+            _token_cache.clear()
+        _token_cache[values] = tokens
+    return drop if tokens <= drop else drop | tokens
 
 
 def upstream_request_head(  # noqa: C901, PLR0912 - one pass over the headers, kept in one place
@@ -229,10 +253,9 @@ def upstream_request_head(  # noqa: C901, PLR0912 - one pass over the headers, k
     """
     names = [name.lower() for name, _ in raw_headers]
     trusted = policy.is_trusted(peer)
-    drop = _LOWER_DROP if trusted else _LOWER_DROP | _LOWER_FORWARDING
+    drop = _LOWER_DROP if trusted else _LOWER_DROP_UNTRUSTED
     if b"connection" in names:
-        connection = [v for n, (_, v) in zip(names, raw_headers, strict=True) if n == b"connection"]
-        drop = drop | _connection_token_bytes(connection)
+        drop = _dropped_by_connection(drop, names, raw_headers)
     host: bytes | None = None
     via: list[bytes] = []
     xff: list[bytes] = []
@@ -304,8 +327,7 @@ def response_head(  # noqa: C901, PLR0912 - one pass over the headers, as upstre
     names = [name.lower() for name, _ in raw]
     drop = _LOWER_HOP_BY_HOP
     if b"connection" in names:
-        connection = [v for n, (_, v) in zip(names, raw, strict=True) if n == b"connection"]
-        drop = drop | _connection_token_bytes(connection)
+        drop = _dropped_by_connection(drop, names, raw)
     code = message.code
     informational = code < 200  # noqa: PLR2004
     empty = method == "HEAD" or informational or code in _NO_BODY_STATUSES
