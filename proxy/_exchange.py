@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Final
 
 from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.helpers import _EXC_SENTINEL
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aiohttp.http import RawResponseMessage
     from aiohttp.streams import StreamReader
 
@@ -26,15 +29,41 @@ _LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 class ResponseProtocol(ResponseHandler):
-    """aiohttp's client protocol, noting whether a response byte has arrived."""
+    """aiohttp's client protocol, noting whether a response byte has arrived.
+
+    With a `listener` (the fast lane, which does not await), answer heads go
+    to `heads` instead of the queue `read()` waits on, and the listener is
+    called after each read and on a failure: it looks at `heads` and
+    `exception()`, and detaches itself once it has what it waited for.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.answered = False
+        self.listener: Callable[[], None] | None = None
+        self.heads: list[tuple[RawResponseMessage, StreamReader]] = []
 
     def data_received(self, data: bytes) -> None:
         self.answered = True
         super().data_received(data)
+        if self.listener is not None:
+            self.listener()
+
+    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
+        if self.listener is not None:
+            self.heads.append(data)
+        else:
+            super().feed_data(data, size)
+
+    def set_exception(self, exc: BaseException, exc_cause: BaseException = _EXC_SENTINEL) -> None:
+        super().set_exception(exc, exc_cause)
+        if self.listener is not None:
+            # Later, not from inside connection_lost or the parser's error path.
+            self._loop.call_soon(self._notify)
+
+    def _notify(self) -> None:
+        if self.listener is not None:
+            self.listener()
 
 
 class Exchange:
@@ -45,7 +74,7 @@ class Exchange:
     pool when everything was read and sent, and closes it otherwise.
     """
 
-    __slots__ = ("_body_task", "_done", "_pool", "_proto", "content", "message")
+    __slots__ = ("_body_task", "_done", "_pool", "content", "message", "proto")
 
     # Set by read_head(), before `ConnectionPool.request` returns the exchange.
     message: RawResponseMessage
@@ -53,7 +82,7 @@ class Exchange:
 
     def __init__(self, pool: ConnectionPool, proto: ResponseProtocol) -> None:
         self._pool = pool
-        self._proto = proto
+        self.proto = proto
         self._body_task: asyncio.Task[None] | None = None
         self._done = False
 
@@ -67,7 +96,7 @@ class Exchange:
         read_timeout: float | None,
     ) -> None:
         """Write the head (and what is here of the body); stream the rest in a task."""
-        proto = self._proto
+        proto = self.proto
         _expect_answer(proto, method, read_timeout, self._pool.limits)
         transport = proto.transport
         if transport is None:
@@ -95,7 +124,7 @@ class Exchange:
         )
 
     async def read_head(self) -> None:
-        read = self._proto.read
+        read = self.proto.read
         while True:
             message, payload = await read()
             code = message.code
@@ -119,7 +148,7 @@ class Exchange:
             reuse = False
         elif task is not None and (task.cancelled() or task.exception() is not None):
             reuse = False
-        self._pool.release(self._proto, reuse=reuse)
+        self._pool.release(self.proto, reuse=reuse)
 
     def finish(self) -> None:
         """Done with the answer: pool the connection if it is clean, close it otherwise."""

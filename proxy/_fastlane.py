@@ -26,31 +26,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
-import time
-from time import perf_counter
 from typing import TYPE_CHECKING, Final, cast
 
 from aiohttp.http import HttpVersion11
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
 
-from proxy._dispatch import CLIENT_CLOSED, route_timeout
+from proxy._lanecall import LaneCall
 from proxy.canary import choose_target
-from proxy.forward import REFUSED_METHODS, UPSTREAM_FAILURES, error_body, upstream_failure
-from proxy.headers import Framing, request_id_from, response_head, upstream_request_head
+from proxy.forward import REFUSED_METHODS
 from proxy.model import NEW, StickyKind
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from aiohttp.http import RawRequestMessage
-    from aiohttp.streams import StreamReader
 
     from proxy._dispatch import Proxy
-    from proxy._exchange import Exchange
-    from proxy.model import Route, Upstream
 
 __all__ = ["FastLane", "LaneHost"]
 
@@ -99,44 +92,26 @@ class LaneHost:
         await asyncio.gather(*(lane.shutdown(timeout) for lane in list(self.lanes)))
 
 
-class _Date:
-    """The `Date` value, formatted once per second (as aiohttp does)."""
-
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def now(self) -> bytes:
-        second = int(time.time())
-        if second != self._second:
-            self._second = second
-            self._value = email.utils.formatdate(second, usegmt=True).encode()
-        return self._value
-
-
-_date: Final = _Date()
-
-
 class FastLane(asyncio.Protocol):
     """One client connection, relayed here until a request needs aiohttp."""
 
     def __init__(self, host: LaneHost) -> None:
         self._host = host
         self._proxy = host.proxy
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser: HttpRequestParser | None = None
-        self._peer: str | None = None
-        self._scheme = "http"
+        self.peer: str | None = None
+        self.scheme = "http"
         # Bytes since the last answered request: the head being read when
         # idle, or what arrived during an answer (not yet parsed).
         self._raw = b""
-        self._task: asyncio.Task[None] | None = None
+        self._call: LaneCall | None = None
         self._reading_paused = False
-        self._writing_paused = False
+        self.writing_paused = False
         self._drain: asyncio.Future[None] | None = None
+        # Set by shutdown(), resolved when the request in flight is done.
+        self._idle: asyncio.Future[None] | None = None
         self._closing = False
         self._idle_since = 0.0
         self._keepalive: asyncio.TimerHandle | None = None
@@ -148,13 +123,13 @@ class FastLane(asyncio.Protocol):
         transport = cast("asyncio.Transport", transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
-        self._peer = peer[0] if isinstance(peer, tuple) else None
+        self.peer = peer[0] if isinstance(peer, tuple) else None
         if transport.get_extra_info("sslcontext") is not None:
-            self._scheme = "https"
+            self.scheme = "https"
         self._parser = HttpRequestParser(
             # Only its pause/resume_reading hooks are called, by a body's reader.
             self,  # type: ignore[arg-type]
-            self._loop,
+            self.loop,
             _READ_LIMIT,
             auto_decompress=False,
             **self._host.parser_limits,  # type: ignore[arg-type]
@@ -163,7 +138,7 @@ class FastLane(asyncio.Protocol):
         self._rest()
 
     def data_received(self, data: bytes) -> None:
-        if self._task is not None:
+        if self._call is not None:
             # The client sent more during an answer (pipelining): hold it,
             # read no further, and look at it once the answer is out.
             self._raw += data
@@ -177,17 +152,17 @@ class FastLane(asyncio.Protocol):
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
-        if self._task is not None:
+        if self._call is not None:
             # The client went away: drop its upstream request (closing that
             # connection), as aiohttp's handler_cancellation does.
-            self._task.cancel()
+            self._call.client_gone()
         self._wake_writer()
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self.writing_paused = False
         self._wake_writer()
 
     # The parser's flow-control hooks, for the body of a request the lane
@@ -203,19 +178,21 @@ class FastLane(asyncio.Protocol):
     def close(self) -> None:
         """Close now when idle, or once the answer in flight is out."""
         self._closing = True
-        if self._task is None and self._transport is not None:
+        if self._call is None and self._transport is not None:
             self._transport.close()
 
     async def shutdown(self, timeout: float | None) -> None:  # noqa: ASYNC109 - as RequestHandler.shutdown
         """Close after the answer in flight, waiting for it up to `timeout`."""
         self.close()
-        task = self._task
-        if task is not None:
-            await asyncio.wait({task}, timeout=timeout)
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._call is not None:
+            self._idle = idle = self.loop.create_future()
+            await asyncio.wait({idle}, timeout=timeout)
+            call = self._call
+            if call is not None:
+                call.client_gone()  # out of time: cut it, as aiohttp does
+                if call.task is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await call.task
         if self._transport is not None:
             self._transport.close()
 
@@ -245,7 +222,7 @@ class FastLane(asyncio.Protocol):
             self._hand_off(reason)
 
     def _start(self, message: RawRequestMessage) -> str | None:
-        """Relay `message` in a task; or say why aiohttp must answer it."""
+        """Relay `message` (`LaneCall`); or say why aiohttp must answer it."""
         reason = _handoff_reason(message, self._proxy)
         if reason is not None:
             return reason
@@ -266,129 +243,20 @@ class FastLane(asyncio.Protocol):
         self._raw = b""
         # The keep-alive timer stays armed: it re-arms itself while busy
         # (one timer per keep-alive period, not one per request).
-        self._task = self._loop.create_task(
-            self._relay(message, route, target_name, table.upstreams[target_name])
+        self._call = LaneCall(
+            self,
+            proxy,
+            message=message,
+            route=route,
+            target=target_name,
+            upstream=table.upstreams[target_name],
         )
+        self._call.begin()
         return None
 
-    async def _relay(
-        self, message: RawRequestMessage, route: Route | None, target: str, upstream: Upstream
-    ) -> None:
-        start = perf_counter()
-        proxy = self._proxy
-        method = message.method
-        rid = request_id_from(message.headers.get("X-Request-ID"))
-        status, body_bytes = CLIENT_CLOSED, 0
-        aborted: str | None = "client"
-        upstream_error: str | None = None
-        pool = proxy.pools.acquire(upstream)
-        proxy.metrics.in_flight += 1
-        try:
-            head, _ = upstream_request_head(
-                method,
-                message.path,
-                message.raw_headers,
-                policy=proxy.policy,
-                peer=self._peer,
-                scheme=self._scheme,
-                request_id=rid,
-                default_host=pool.host_header,
-                body=False,
-            )
-            timeout = route_timeout(route, upstream) or pool.timeout
-            try:
-                exchange = await pool.client.request(
-                    method,
-                    head,
-                    None,
-                    chunked=False,
-                    connect_timeout=timeout.connect,
-                    read_timeout=timeout.sock_read,
-                )
-            except UPSTREAM_FAILURES as exc:
-                status, error, upstream_error = upstream_failure(
-                    exc, request_id=rid, upstream=upstream.name
-                )
-                aborted = None if self._write(_error_answer(status, error, rid)) else "client"
-            else:
-                try:
-                    status = exchange.message.code
-                    body_bytes, aborted = await self._answer(exchange, method, rid)
-                finally:
-                    exchange.finish()
-                if aborted == "upstream":
-                    upstream_error = "aborted"
-        finally:
-            proxy.metrics.in_flight -= 1
-            proxy.pools.release(pool)
-            proxy.record(
-                request_id=rid,
-                route=route,
-                target=target,
-                method=method,
-                raw_target=message.path,
-                status=status,
-                body_bytes=body_bytes,
-                start=start,
-                aborted=aborted,
-                upstream_error=upstream_error,
-            )
-            self._finished()
+    # --- what a LaneCall uses ---------------------------------------------------
 
-    async def _answer(  # noqa: C901 - see the docstring
-        self, exchange: Exchange, method: str, rid: str
-    ) -> tuple[int, str | None]:
-        """Relay the upstream's answer; (body bytes sent, why it was cut or None).
-
-        Long because it is every answer's path, kept in one frame. The head is
-        held back until the first body bytes (one write for a small answer)
-        unless the upstream makes us wait, as `proxy.forward` does.
-        """
-        head, framing = response_head(
-            exchange.message, method=method, request_id=rid.encode(), date=_date.now()
-        )
-        if framing is Framing.EMPTY:
-            return 0, None if self._write(head) else "client"
-        content: StreamReader = exchange.content
-        chunked = framing is Framing.CHUNKED
-        pending = head
-        sent = 0
-        while True:
-            if pending and not content.is_eof() and content.total_bytes == sent:
-                # Nothing buffered: let the client see the head while we wait.
-                if not self._write(pending):
-                    return sent, "client"
-                pending = b""
-            try:
-                chunk = await content.readany()
-            except UPSTREAM_FAILURES as exc:
-                # Too late for a 502: cut the client connection so it sees a
-                # truncated message, never a complete one.
-                logger.warning(
-                    "proxy.upstream_aborted",
-                    extra={"request_id": rid, "sent": sent, "error": repr(exc)},
-                )
-                if self._transport is not None:
-                    self._transport.abort()
-                return sent, "upstream"
-            if not chunk:
-                return sent, None if self._write(
-                    pending + _LAST_CHUNK if chunked else pending
-                ) else "client"
-            sent += len(chunk)
-            data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
-            last = content.at_eof()
-            if last and chunked:
-                data += _LAST_CHUNK
-            if not self._write(pending + data if pending else data):
-                return sent, "client"
-            pending = b""
-            if last:
-                return sent, None
-            if self._writing_paused:
-                await self._drained()
-
-    def _write(self, data: bytes) -> bool:
+    def write(self, data: bytes) -> bool:
         """Write to the client; False when it is gone."""
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -397,9 +265,15 @@ class FastLane(asyncio.Protocol):
             transport.write(data)
         return True
 
-    async def _drained(self) -> None:
-        if self._writing_paused and self._transport is not None:
-            self._drain = self._loop.create_future()
+    def abort(self) -> None:
+        """Cut the client connection (the upstream died mid-answer)."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def drained(self) -> None:
+        """Until the client's socket takes writes again (or is gone)."""
+        if self.writing_paused and self._transport is not None:
+            self._drain = self.loop.create_future()
             await self._drain
 
     def _wake_writer(self) -> None:
@@ -407,9 +281,13 @@ class FastLane(asyncio.Protocol):
         if drain is not None and not drain.done():
             drain.set_result(None)
 
-    def _finished(self) -> None:
-        """The answer is out: close, or read on (what arrived meanwhile first)."""
-        self._task = None
+    def call_done(self, call: LaneCall) -> None:
+        """`call` is answered and logged: close, or read on (what arrived meanwhile first)."""
+        if call is not self._call:
+            return
+        self._call = None
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
         transport = self._transport
         if transport is None:
             return
@@ -433,21 +311,21 @@ class FastLane(asyncio.Protocol):
 
     def _rest(self) -> None:
         """Idle from now: close the connection if it stays idle for the keep-alive time."""
-        self._idle_since = self._loop.time()
+        self._idle_since = self.loop.time()
         if self._keepalive is None:
-            self._keepalive = self._loop.call_at(
+            self._keepalive = self.loop.call_at(
                 self._idle_since + self._host.keepalive_timeout, self._check_idle
             )
 
     def _check_idle(self) -> None:
         self._keepalive = None
-        if self._task is not None or self._transport is None:
+        if self._call is not None or self._transport is None:
             return
         deadline = self._idle_since + self._host.keepalive_timeout
-        if self._loop.time() >= deadline:
+        if self.loop.time() >= deadline:
             self._transport.close()
         else:
-            self._keepalive = self._loop.call_at(deadline, self._check_idle)
+            self._keepalive = self.loop.call_at(deadline, self._check_idle)
 
     def _hand_off(self, reason: str) -> None:
         """Give the connection, from the current request's first byte, to aiohttp."""
@@ -487,18 +365,3 @@ def _handoff_reason(  # noqa: PLR0911 - one reason per check
     if "Via" in headers and proxy.policy.is_loop(headers):
         return "loop"
     return None
-
-
-def _error_answer(status: int, error: str, request_id: str) -> bytes:
-    """The bytes of the proxy's own JSON error answer (`proxy.forward.ErrorResponse`)."""
-    body = error_body(error, request_id)
-    return (
-        b"%bX-Request-ID: %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %b\r\n\r\n%b"
-        % (
-            _STATUS_LINES[status],
-            request_id.encode(),
-            len(body),
-            _date.now(),
-            body,
-        )
-    )

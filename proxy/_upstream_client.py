@@ -40,14 +40,61 @@ if TYPE_CHECKING:
 
     from proxy.upstreams import ClientLimits
 
-__all__ = ["ConnectionPool", "Exchange", "UpstreamUnreachable"]
+__all__ = ["IDEMPOTENT", "ConnectionPool", "Exchange", "UpstreamUnreachable"]
 
 # RFC 9110 §9.2.2; a request with a body is never replayed whatever its method.
-_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class UpstreamUnreachable(ProxyError):
     """Connecting to the upstream failed (refused, unreachable, DNS, TLS): a 502."""
+
+
+class _Slots:
+    """A counting semaphore that can also be taken without awaiting (`try_take`).
+
+    The fast lane takes a pooled connection from a plain callback, where
+    asyncio.Semaphore has no way in. Waiters are served first come, first
+    served; a slot freed while someone waits goes straight to them.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def locked(self) -> bool:
+        return self._free <= 0 or bool(self._waiters)
+
+    def try_take(self) -> bool:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot as we were cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 class ConnectionPool:
@@ -71,7 +118,7 @@ class ConnectionPool:
         self.limits = limits
         # Most recently used last: hot connections are reused first.
         self._idle: deque[tuple[ResponseProtocol, float]] = deque()
-        self._slots = asyncio.Semaphore(limit)
+        self._slots = _Slots(limit)
         self._open: set[ResponseProtocol] = set()
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
@@ -104,15 +151,19 @@ class ConnectionPool:
         chunked: bool,
         connect_timeout: float | None,
         read_timeout: float | None,
+        may_retry: bool = True,
     ) -> Exchange:
         """Send one request; return once the final response head has arrived.
+
+        `may_retry=False` when this request already met the stale keep-alive
+        race once (the fast lane's first try): it is not sent a third time.
 
         Raises TimeoutError (connect, pool wait or first read), UpstreamUnreachable,
         or aiohttp's ClientError / HttpProcessingError for a broken answer.
         """
         loop = self._get_loop()
         deadline = None if connect_timeout is None else loop.time() + connect_timeout
-        retry = body is None and method in _IDEMPOTENT
+        retry = may_retry and body is None and method in IDEMPOTENT
         while True:
             proto, reused = await self._acquire(deadline)
             exchange = Exchange(self, proto)
@@ -134,19 +185,31 @@ class ConnectionPool:
 
     async def _acquire(self, deadline: float | None) -> tuple[ResponseProtocol, bool]:
         slots = self._slots
-        if slots.locked():
+        if not slots.try_take():
             async with asyncio.timeout_at(deadline):
-                await slots.acquire()
-        else:
-            await slots.acquire()  # free: returns without suspending
+                await slots.take()
         try:
             proto = self._pop_idle()
             if proto is not None:
                 return proto, True
             return await self._connect(deadline), False
         except BaseException:
-            slots.release()
+            slots.give()
             raise
+
+    def take_idle(self) -> ResponseProtocol | None:
+        """An idle keep-alive connection, counted as in use; None when there is
+        none free right now (then `request` waits or connects).
+
+        For the fast lane, which cannot await: it sends on the connection with
+        an `Exchange` and gives it back with `Exchange.release`/`finish`.
+        """
+        if not self._idle or not self._slots.try_take():
+            return None
+        proto = self._pop_idle()
+        if proto is None:
+            self._slots.give()
+        return proto
 
     def _pop_idle(self) -> ResponseProtocol | None:
         idle = self._idle
@@ -195,7 +258,7 @@ class ConnectionPool:
             else:
                 self._discard(proto)
         finally:
-            self._slots.release()
+            self._slots.give()
 
     def _discard(self, proto: ResponseProtocol) -> None:
         self._open.discard(proto)

@@ -1,0 +1,375 @@
+"""One request relayed by the fast lane (`proxy._fastlane`), from head to access line.
+
+The common case runs without a task: an idle pooled connection is taken
+(`ConnectionPool.take_idle`), the request head is written, and the answer is
+picked up from the connection's `listener` callback; when its body is
+already complete (a small answer), head and body go to the client in one write
+and the connection goes back to the pool, all within that callback. A task
+takes over only when the proxy must wait: for a connection (none idle, or the
+pool at its limit), or for the rest of a body. Both ways share the rules of
+`proxy.forward`: 502/504 JSON before the answer started, the client connection
+cut when the upstream dies mid-body, the upstream connection closed when the
+client leaves, and one retry on a fresh connection for the stale keep-alive
+race of an idempotent request.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from time import perf_counter
+from typing import TYPE_CHECKING, Final
+
+from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
+
+from proxy._dispatch import CLIENT_CLOSED, route_timeout
+from proxy._exchange import Exchange
+from proxy._upstream_client import IDEMPOTENT
+from proxy.forward import UPSTREAM_FAILURES, error_body, upstream_failure
+from proxy.headers import Framing, request_id_from, response_head, upstream_request_head
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Coroutine
+    from typing import Any
+
+    from aiohttp.http import RawRequestMessage, RawResponseMessage
+    from aiohttp.streams import StreamReader
+
+    from proxy._dispatch import Proxy
+    from proxy._fastlane import FastLane
+    from proxy.model import Route, Upstream
+
+__all__ = ["LaneCall"]
+
+logger = logging.getLogger(__name__)
+
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_STATUS_LINES: Final = {
+    502: b"HTTP/1.1 502 Bad Gateway\r\n",
+    504: b"HTTP/1.1 504 Gateway Timeout\r\n",
+}
+
+
+class _Date:
+    """The `Date` value, formatted once per second (as aiohttp does)."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def now(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._value = email.utils.formatdate(second, usegmt=True).encode()
+        return self._value
+
+
+_date: Final = _Date()
+
+
+class LaneCall:
+    """One bodiless request on its way through a fast lane.
+
+    Created by the lane once the request qualified; `begin()` sends it. The
+    lane hears back through `FastLane.call_done` exactly once, after the
+    access line was written; `client_gone()` is how the lane says its client
+    left.
+    """
+
+    __slots__ = (
+        "_done",
+        "_exchange",
+        "_lane",
+        "_message",
+        "_pool",
+        "_proxy",
+        "_rid",
+        "_route",
+        "_start",
+        "_target",
+        "_timeout",
+        "_upstream",
+        "task",
+    )
+
+    def __init__(
+        self,
+        lane: FastLane,
+        proxy: Proxy,
+        *,
+        message: RawRequestMessage,
+        route: Route | None,
+        target: str,
+        upstream: Upstream,
+    ) -> None:
+        self._lane = lane
+        self._proxy = proxy
+        self._message = message
+        self._route = route
+        self._target = target
+        self._upstream = upstream
+        self._rid = request_id_from(message.headers.get("X-Request-ID"))
+        self._start = perf_counter()
+        self._pool = proxy.pools.acquire(upstream)
+        self._timeout = route_timeout(route, upstream) or self._pool.timeout
+        self._exchange: Exchange | None = None
+        self._done = False
+        self.task: asyncio.Task[None] | None = None
+        proxy.metrics.in_flight += 1
+
+    # --- the lane's side ----------------------------------------------------------
+
+    def begin(self) -> None:
+        """Send on an idle connection and wait for its callback, or start a task."""
+        client = self._pool.client
+        proto = client.take_idle()
+        if proto is not None:
+            exchange = Exchange(client, proto)
+            try:
+                exchange.send(
+                    self._message.method,
+                    self._upstream_head(),
+                    None,
+                    chunked=False,
+                    read_timeout=self._timeout.sock_read,
+                )
+            except ServerDisconnectedError:
+                exchange.release(reuse=False)  # lost while idle: connect instead
+            else:
+                self._exchange = exchange
+                proto.heads.clear()
+                proto.listener = self._on_upstream
+                return
+        self._spawn(self._relay(may_retry=True))
+
+    def client_gone(self) -> None:
+        """The client connection was lost: drop the upstream request."""
+        if self.task is not None:
+            self.task.cancel()  # its own finally closes and records
+            return
+        exchange = self._exchange
+        if exchange is not None and not self._done:
+            exchange.proto.listener = None
+            exchange.release(reuse=False)
+            self._complete(CLIENT_CLOSED, 0, "client", None)
+
+    # --- without a task -------------------------------------------------------------
+
+    def _on_upstream(self) -> None:
+        """The connection's listener: an answer head, a failure, or not yet."""
+        exchange = self._exchange
+        if exchange is None:
+            return
+        proto = exchange.proto
+        final = None
+        for answer in proto.heads:
+            code = answer[0].code
+            if code >= 200:  # noqa: PLR2004
+                final = answer
+                break
+            if code == 101:  # noqa: PLR2004
+                msg = "upstream switched protocols on a plain request"
+                self._failed(exchange, ServerDisconnectedError(msg))
+                return
+            # Other 1xx (103 Early Hints, a late 100 Continue): not relayed.
+        if final is None:
+            exc = proto.exception()
+            if exc is not None:
+                self._failed(exchange, exc)
+            return
+        message, payload = final
+        code = message.code
+        proto.listener = None
+        proto.heads.clear()
+        exchange.message, exchange.content = message, payload
+        head, framing = self._response_head(message)
+        if framing is Framing.EMPTY:
+            sent = self._lane.write(head)
+            exchange.finish()
+            self._complete(code, 0, None if sent else "client", None)
+        elif payload.is_eof() and payload.exception() is None:
+            # The whole body is here (a small answer): one write, no task.
+            body = payload.read_nowait(-1)
+            data = head + _frame(body, last=True) if framing is Framing.CHUNKED else head + body
+            sent = self._lane.write(data)
+            exchange.finish()
+            self._complete(code, len(body), None if sent else "client", None)
+        else:
+            self._spawn(self._stream(exchange, head, framing, code))
+
+    def _failed(self, exchange: Exchange, exc: BaseException) -> None:
+        """The upstream failed before an answer head: retry once, or 502/504."""
+        proto = exchange.proto
+        proto.listener = None
+        self._exchange = None
+        exchange.release(reuse=False)
+        stale = isinstance(exc, (ServerDisconnectedError, ClientOSError)) and not proto.answered
+        if stale and self._message.method in IDEMPOTENT:
+            # The stale keep-alive race: the upstream closed this idle
+            # connection as we reused it, and saw nothing of ours.
+            self._spawn(self._relay(may_retry=False))
+            return
+        self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        status, error, kind = upstream_failure(
+            exc, request_id=self._rid, upstream=self._upstream.name
+        )
+        sent = self._lane.write(_error_answer(status, error, self._rid))
+        self._complete(status, 0, None if sent else "client", kind)
+
+    # --- with a task ----------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.task = self._lane.loop.create_task(coro)
+
+    async def _relay(self, *, may_retry: bool) -> None:
+        """Wait for a connection (and the answer head), then stream the answer."""
+        try:
+            exchange = await self._pool.client.request(
+                self._message.method,
+                self._upstream_head(),
+                None,
+                chunked=False,
+                connect_timeout=self._timeout.connect,
+                read_timeout=self._timeout.sock_read,
+                may_retry=may_retry,
+            )
+        except UPSTREAM_FAILURES as exc:
+            self._fail(exc)
+            return
+        except BaseException:
+            self._complete(CLIENT_CLOSED, 0, "client", None)
+            raise
+        self._exchange = exchange
+        message = exchange.message
+        head, framing = self._response_head(message)
+        await self._stream(exchange, head, framing, message.code)
+
+    async def _stream(self, exchange: Exchange, head: bytes, framing: Framing, status: int) -> None:
+        """Relay the answer body as it comes, then give the connection back."""
+        sent, error = 0, None
+        aborted: str | None = "client"
+        try:
+            sent, aborted = await self._copy(exchange.content, head, framing)
+            if aborted == "upstream":
+                error = "aborted"
+        except BaseException:
+            status = CLIENT_CLOSED  # cancelled: the client went away
+            raise
+        finally:
+            exchange.finish()
+            self._complete(status, sent, aborted, error)
+
+    async def _copy(
+        self, content: StreamReader, head: bytes, framing: Framing
+    ) -> tuple[int, str | None]:
+        """(Body bytes sent, why the answer was cut or None), as `proxy.forward`.
+
+        The head is held back until the first body bytes unless the upstream
+        makes us wait.
+        """
+        lane = self._lane
+        if framing is Framing.EMPTY:
+            return 0, None if lane.write(head) else "client"
+        chunked = framing is Framing.CHUNKED
+        pending = head
+        sent = 0
+        while True:
+            if pending and not content.is_eof() and content.total_bytes == sent:
+                # Nothing buffered: let the client see the head while we wait.
+                if not lane.write(pending):
+                    return sent, "client"
+                pending = b""
+            try:
+                chunk = await content.readany()
+            except UPSTREAM_FAILURES as exc:
+                # Too late for a 502: cut the client connection so it sees a
+                # truncated message, never a complete one.
+                logger.warning(
+                    "proxy.upstream_aborted",
+                    extra={"request_id": self._rid, "sent": sent, "error": repr(exc)},
+                )
+                lane.abort()
+                return sent, "upstream"
+            last = not chunk or content.at_eof()
+            sent += len(chunk)
+            data = _frame(chunk, last=last) if chunked else chunk
+            if not lane.write(pending + data if pending else data):
+                return sent, "client"
+            pending = b""
+            if last:
+                return sent, None
+            if lane.writing_paused:
+                await lane.drained()
+
+    # --- shared -----------------------------------------------------------------
+
+    def _upstream_head(self) -> bytes:
+        message = self._message
+        lane = self._lane
+        head, _ = upstream_request_head(
+            message.method,
+            message.path,
+            message.raw_headers,
+            policy=self._proxy.policy,
+            peer=lane.peer,
+            scheme=lane.scheme,
+            request_id=self._rid,
+            default_host=self._pool.host_header,
+            body=False,
+        )
+        return head
+
+    def _response_head(self, message: RawResponseMessage) -> tuple[bytes, Framing]:
+        return response_head(
+            message, method=self._message.method, request_id=self._rid.encode(), date=_date.now()
+        )
+
+    def _complete(self, status: int, sent: int, aborted: str | None, error: str | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        proxy = self._proxy
+        proxy.metrics.in_flight -= 1
+        proxy.pools.release(self._pool)
+        message = self._message
+        proxy.record(
+            request_id=self._rid,
+            route=self._route,
+            target=self._target,
+            method=message.method,
+            raw_target=message.path,
+            status=status,
+            body_bytes=sent,
+            start=self._start,
+            aborted=aborted,
+            upstream_error=error,
+        )
+        self._lane.call_done(self)
+
+
+def _frame(chunk: bytes, *, last: bool) -> bytes:
+    """`chunk` as an HTTP/1.1 chunk (none for b""), then the last chunk if `last`."""
+    data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b""
+    return data + _LAST_CHUNK if last else data
+
+
+def _error_answer(status: int, error: str, request_id: str) -> bytes:
+    """The bytes of the proxy's own JSON error answer (`proxy.forward.ErrorResponse`)."""
+    body = error_body(error, request_id)
+    return (
+        b"%bX-Request-ID: %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %b\r\n\r\n%b"
+        % (
+            _STATUS_LINES[status],
+            request_id.encode(),
+            len(body),
+            _date.now(),
+            body,
+        )
+    )
