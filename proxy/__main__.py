@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds, on SIGTERM")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--no-access-log", action="store_true")
+    serve.add_argument(
+        "--no-fast-lane",
+        action="store_true",
+        help="serve every request through aiohttp's web layer (see docs/proxy.md)",
+    )
     check = commands.add_parser("check", help="validate a routes file")
     check.add_argument("routes", type=Path)
     return parser
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             drain_timeout=args.drain_timeout,
             log_level=args.log_level,
             access_log=not args.no_access_log,
+            fast_lane=not args.no_fast_lane,
         )
         return run(config)
     except (ProxyError, ValueError, OSError) as exc:

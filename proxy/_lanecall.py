@@ -120,7 +120,9 @@ class LaneCall:
         self._exchange: Exchange | None = None
         self._done = False
         self.task: asyncio.Task[None] | None = None
-        proxy.metrics.in_flight += 1
+        metrics = proxy.metrics
+        metrics.in_flight += 1
+        metrics.fast_lane_requests += 1
 
     # --- the lane's side ----------------------------------------------------------
 

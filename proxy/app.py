@@ -44,11 +44,14 @@ PROXY: Final = web.AppKey("proxy", Proxy)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerLimits:
-    """Client-facing parser limits: at least the legacy club-api's (aiohttp defaults)."""
+    """Client-facing limits. Parser limits are at least the legacy club-api's
+    (aiohttp defaults); idle keep-alive connections close after
+    `keepalive_timeout` seconds (nginx's 75 s; aiohttp's own is an hour)."""
 
     max_line_size: int = 8190
     max_field_size: int = 8190
     max_headers: int = 128
+    keepalive_timeout: float = 75.0
 
 
 def server_handler_args(limits: ServerLimits) -> dict[str, object]:
@@ -57,11 +60,10 @@ def server_handler_args(limits: ServerLimits) -> dict[str, object]:
     `auto_decompress=False`: a gzip request body must reach the upstream as
     sent. `handler_cancellation=True`: a client that goes away cancels its
     upstream request at once. aiohttp's own access log is off: ours has the
-    route, target and request id. Idle keep-alive client connections close
-    after 75 s (nginx's default; aiohttp's is an hour).
+    route, target and request id.
     """
     return {
-        "keepalive_timeout": 75.0,
+        "keepalive_timeout": limits.keepalive_timeout,
         "auto_decompress": False,
         "handler_cancellation": True,
         "access_log": None,

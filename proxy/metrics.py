@@ -100,7 +100,7 @@ class _PoolCollector(Collector):
 
 
 class _InFlightCollector(Collector):
-    """`ProxyMetrics.in_flight`, read at scrape time."""
+    """`ProxyMetrics.in_flight` and `fast_lane_requests`, read at scrape time."""
 
     def __init__(self, metrics: ProxyMetrics) -> None:
         self._metrics = metrics
@@ -109,6 +109,11 @@ class _InFlightCollector(Collector):
         gauge = GaugeMetricFamily("club_proxy_requests_in_flight", "Requests being handled.")
         gauge.add_metric([], self._metrics.in_flight)
         yield gauge
+        yield CounterMetricFamily(
+            "club_proxy_fast_lane_requests",
+            "Requests relayed by the fast lane (the rest went through aiohttp's web layer).",
+            value=self._metrics.fast_lane_requests,
+        )
 
 
 class ProxyMetrics:
@@ -144,6 +149,7 @@ class ProxyMetrics:
         # A plain int the request path adds to, read at scrape time: a Gauge's
         # inc/dec take a lock each, twice per request.
         self.in_flight = 0
+        self.fast_lane_requests = 0
         self.registry.register(_InFlightCollector(self))
         self._request_children: dict[tuple[str, str, str, int], Counter] = {}
         self._latency_children: dict[tuple[str, str], Histogram] = {}

@@ -59,6 +59,7 @@ class ServeConfig:
     backlog: int = 1024
     log_level: str = "INFO"
     access_log: bool = True
+    fast_lane: bool = True
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -85,6 +86,7 @@ async def serve(config: ServeConfig, *, index: int = 0, reuse_port: bool = False
         routes_path=config.routes_path,
         trusted_proxies=config.trusted_proxies,
         access_log=access_log,
+        fast_lane=config.fast_lane,
     )
     proxy = app[PROXY]
     runner = ProxyAppRunner(app, handle_signals=False, shutdown_timeout=config.drain_timeout)

@@ -39,8 +39,8 @@ class RawResponse:
         lname = name.lower()
         return [v for k, v in self.headers if k.lower() == lname]
 
-    def names(self) -> list[str]:
-        return [k.lower() for k, _ in self.headers]
+    def names(self, *, keep_case: bool = False) -> list[str]:
+        return [k if keep_case else k.lower() for k, _ in self.headers]
 
 
 class RawClient:
