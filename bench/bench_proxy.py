@@ -40,7 +40,8 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 PROFILE = os.environ.get("BENCH_PROFILE", "1") != "0"
 SIZES = {"small": "/small", "1MiB": "/big"}
 CONNECTIONS = (32, 128)
-TARGETS = ("direct", "nginx", "club-proxy")
+# "aiohttp-path" is club-proxy with --no-fast-lane: what the fast lane buys.
+TARGETS = ("direct", "nginx", "club-proxy", "aiohttp-path")
 GIB = 1024**3
 
 
@@ -154,12 +155,12 @@ def make_files(tmp: Path) -> None:
         huge.truncate(GIB)
 
 
-def start_club_proxy(tmp: Path, port: int, upstream: int) -> subprocess.Popen[bytes]:
+def start_club_proxy(tmp: Path, port: int, upstream: int, *extra: str) -> subprocess.Popen[bytes]:
     routes = tmp / "routes.yaml"
     routes.write_text(ROUTES.format(upstream=upstream))
     exe = Path(sys.executable).with_name("club-proxy")
     cmd = [str(exe), "run", "--routes", str(routes), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--admin-port", "0", "--workers", "1", "--log-level", "WARNING"]
+    cmd += ["--admin-port", "0", "--workers", "1", "--log-level", "WARNING", *extra]
     # Access log left ON (the default), written to /dev/null: its cost is real.
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -272,6 +273,46 @@ def memory(pid: int, port: int) -> list[list[str]]:
     return rows
 
 
+# --- CPU per request and where it goes -------------------------------------------
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(pid: int, url: str, seconds: int = DURATION) -> float:
+    """The server's CPU microseconds (user + system) per request under wrk -c32."""
+    before = proc_cpu_seconds(pid)
+    cmd = ["wrk", "-t2", "-c32", f"-d{seconds}s", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    used = proc_cpu_seconds(pid) - before
+    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    return used / requests * 1e6
+
+
+def perf_split(pid: int, url: str, seconds: int = 4) -> list[list[str]] | None:
+    """Share of the server's CPU samples per binary (kernel, interpreter, C extensions), or None."""
+    if shutil.which("perf") is None:
+        return None
+    data = Path(tempfile.mkdtemp()) / "perf.data"
+    cmd = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-p", str(pid)]
+    cmd += ["-o", str(data), "--", "sleep", str(seconds)]
+    perf = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    wrk(url, 32, duration=seconds + 1)
+    if perf.wait(timeout=60) != 0 or not data.exists():
+        return None
+    report = ["perf", "report", "-i", str(data), "--sort", "dso", "--stdio"]
+    out = subprocess.run(report, capture_output=True, text=True, check=False).stdout
+    rows = []
+    for line in out.splitlines():
+        match = re.match(r"\s+([\d.]+)%\s+(\S+)", line)
+        if match and float(match[1]) >= 0.5:
+            rows.append([f"`{match[2]}`", f"{match[1]}%"])
+    return rows or None
+
+
 # --- profile --------------------------------------------------------------------
 
 
@@ -345,7 +386,7 @@ def throughput_tables(cells: dict[tuple[str, int, str], Cell]) -> str:
     rows, lat_rows = [], []
     for size in SIZES:
         for conns in CONNECTIONS:
-            d, n, p = (cells[size, conns, t] for t in TARGETS)
+            d, n, p, a = (cells[size, conns, t] for t in TARGETS)
             rows.append(
                 [
                     size,
@@ -354,7 +395,9 @@ def throughput_tables(cells: dict[tuple[str, int, str], Cell]) -> str:
                     f"{n.rps:,.0f}",
                     f"{p.rps:,.0f}",
                     f"**{ratio(p.rps, n.rps)}**",
-                    f"{d.errors}/{n.errors}/{p.errors}",
+                    f"{a.rps:,.0f}",
+                    ratio(a.rps, n.rps),
+                    f"{d.errors}/{n.errors}/{p.errors}/{a.errors}",
                 ]
             )
             lat_rows.append(
@@ -375,7 +418,9 @@ def throughput_tables(cells: dict[tuple[str, int, str], Cell]) -> str:
         "nginx req/s",
         "club-proxy req/s",
         "club-proxy / nginx",
-        "errors (direct/nginx/club-proxy)",
+        "aiohttp path req/s",
+        "aiohttp path / nginx",
+        "errors (direct/nginx/club-proxy/aiohttp path)",
     ]
     lat_head = [
         "response",
@@ -414,6 +459,7 @@ def main() -> None:
                 tmp, "proxy", PROXY_SERVER.format(port=ports["nginx"], upstream=ports["direct"])
             ),
             start_club_proxy(tmp, ports["club-proxy"], ports["direct"]),
+            start_club_proxy(tmp, ports["aiohttp-path"], ports["direct"], "--no-fast-lane"),
         ]
         for proc in procs:
             stack.callback(_stop, proc)
@@ -428,6 +474,15 @@ def main() -> None:
         one = latency_one_connection(ports)
         print("memory while streaming 1 GiB", flush=True)
         mem_rows = memory(club, ports["club-proxy"])
+        print("CPU per request", flush=True)
+        cpu = {
+            target: statistics.median(
+                cpu_per_request(procs[index].pid, f"http://127.0.0.1:{ports[target]}/small")
+                for _ in range(ROUNDS)
+            )
+            for index, target in ((2, "club-proxy"), (3, "aiohttp-path"))
+        }
+        split = perf_split(club, f"http://127.0.0.1:{ports['club-proxy']}/small")
         prof = None
         if PROFILE and spy.exists():
             print("profile (py-spy)", flush=True)
@@ -435,7 +490,10 @@ def main() -> None:
                 profile(club, f"http://127.0.0.1:{ports['club-proxy']}/small"),
                 profile(club, f"http://127.0.0.1:{ports['club-proxy']}/big"),
             )
-    record("proxy", report(cells, one, mem_rows, prof, spy_available=spy.exists()))
+    record(
+        "proxy",
+        report(cells, one, mem_rows, prof, spy_available=spy.exists(), cpu=cpu, split=split),
+    )
 
 
 def report(
@@ -445,15 +503,18 @@ def report(
     prof: tuple[tuple[list[list[str]], list[list[str]], int], ...] | None,
     *,
     spy_available: bool,
+    cpu: dict[str, float],
+    split: list[list[str]] | None,
 ) -> str:
-    d, n, p = (one[t] for t in TARGETS)
+    d, n, p, a = (one[t] for t in TARGETS)
     parts = [
         (
             f"wrk on loopback, 2 threads, {ROUNDS} interleaved rounds of {DURATION} s per cell (order rotating), median. "
             "Upstream: nginx 1 worker serving static files (200 B body, 1 MiB body). "
             "nginx proxy: 1 worker, `keepalive 256` upstream pool, HTTP/1.1 upstream, no disk buffering. "
             "club-proxy: `club-proxy run --workers 1` (uvloop), 5 routes, access log on (to /dev/null), metrics on. "
-            "All three processes and wrk share the machine's cores."
+            "aiohttp path: the same with `--no-fast-lane` (every request through aiohttp's web layer). "
+            "All four servers and wrk share the machine's cores."
         ),
         "### Throughput (goal: >= 0.5x nginx small, >= 0.8x nginx 1 MiB)",
         throughput_tables(cells),
@@ -469,6 +530,12 @@ def report(
                     f"{p.p99_ms:.3f}",
                     f"**{p.p50_ms - d.p50_ms:+.3f} ms**",
                 ],
+                [
+                    "aiohttp path",
+                    f"{a.p50_ms:.3f}",
+                    f"{a.p99_ms:.3f}",
+                    f"{a.p50_ms - d.p50_ms:+.3f} ms",
+                ],
             ],
         ),
         "### Peak RSS growth of the club-proxy process (goal: <= 32 MiB)",
@@ -480,6 +547,23 @@ def report(
             ["transfer", "RSS before MiB", "peak growth MiB", "seconds", "MiB/s", "curl"], mem_rows
         ),
     ]
+    parts.append("### CPU per proxied 200 B request (wrk -c32, /proc utime+stime, median)")
+    parts.append(
+        markdown_table(
+            ["server", "CPU us per request", "vs aiohttp path"],
+            [
+                [
+                    "club-proxy (fast lane)",
+                    f"**{cpu['club-proxy']:.0f}**",
+                    ratio(cpu["club-proxy"], cpu["aiohttp-path"]),
+                ],
+                ["club-proxy --no-fast-lane", f"{cpu['aiohttp-path']:.0f}", "1.00x"],
+            ],
+        )
+    )
+    if split is not None:
+        parts.append("### Where club-proxy's CPU goes, 200 B (perf record -e cpu-clock, by binary)")
+        parts.append(markdown_table(["binary", "share of samples"], split))
     if prof is None:
         parts.append(
             "_Profile skipped (BENCH_PROFILE=0 or py-spy missing: pip install py-spy)._"
@@ -504,37 +588,35 @@ def report(
 NOTES = """### Reading it
 
 - Errors are wrk's: non-2xx answers plus socket errors (mostly its 2 s timeout at 128 connections).
-- The request path since the proxy-perf work (see docs/proxy.md, "Performance notes"):
-  plain requests go through a thin keep-alive client (`proxy/_upstream_client.py`, on
-  aiohttp's own `ResponseHandler` and llhttp parser) instead of `ClientSession`; the
-  upstream request head is built once as bytes from the client's raw headers and sent
-  in one write; request ids are a per-process prefix plus a counter (no getrandom);
-  the access log is batched JSON lines on stdout (no stdlib logging per request);
-  `gc.freeze()` after startup. Before it, the same benchmark gave 0.10-0.13x nginx on
-  200 B and 0.57-0.65x on 1 MiB, +0.38 ms at 1 connection.
-- Where the time goes now, 200 B: the two socket sends per request dominate the
-  profile (`Exchange.send`: the request to the upstream; `StreamWriter._writelines`:
-  the answer to the client; on loopback each send also runs the receiver's TCP work and
-  wakes nginx or wrk, which share the two cores), then the event loop itself
-  (`Runner.run`: epoll and receives); aiohttp's server machinery (request parsing,
-  `StreamResponse` prepare and write) and our own code (match, headers, metrics, access
-  log) are each a few per cent. CPU per proxied request is about 105-140 us at 32
-  connections (measured from /proc utime+stime), of which the user part is about
-  100 us.
-- Small responses: a bare aiohttp+uvloop hello-world server (200 B body, no access log)
-  measured about 27.7k req/s with wrk -c32 on a quiet machine (a one-off measurement, not
-  part of this run; an earlier 14-15k figure was taken under load), near this nginx
-  proxy. A proxy does a server and a client HTTP exchange per request in one Python
-  process, so about 0.4x nginx is the practical ceiling for one aiohttp worker; the rest
-  of the gap is per-request work in aiohttp's server and our path. Throughput scales
-  with `--workers N` (SO_REUSEPORT), one per core; the ratio per core stays as above.
-- 1 MiB responses: socket writes and reads of the body dominate (`StreamWriter._write`,
-  `ResponseHandler.data_received`, which includes llhttp copying each body piece);
-  64 KiB read buffers measured better than 256 KiB here (fewer cache misses, same
-  syscalls).
+- club-proxy serves every client connection in the fast lane (`proxy/_fastlane.py`,
+  `proxy/_lanecall.py`; docs/proxy.md, "The fast lane"): bodiless keep-alive requests to
+  an HTTP upstream are parsed with aiohttp's C parser and relayed below aiohttp's web
+  layer, and a small answer is relayed inside two callbacks (no task) on an idle pooled
+  connection. The aiohttp-path column is the same binary with `--no-fast-lane`: the
+  previous request path (thin keep-alive client on aiohttp's `ResponseHandler`, raw
+  header bytes, batched access log, `gc.freeze()`), which gave 0.22-0.31x nginx on 200 B
+  and 0.70-0.82x on 1 MiB in earlier runs.
+- Where the time goes now, 200 B: `perf` (table above) splits the process's CPU into
+  the kernel (the two loopback sends, each of which also runs the receiver's TCP work
+  and wakes nginx or wrk on the same two cores, and the two receives), the Python
+  interpreter, and the C extensions (llhttp, uvloop, multidict). The interpreter's half is
+  spread over about 180 Python calls per request (cProfile count): aiohttp's request and
+  response parsers (header multidicts, a yarl URL, a StreamReader per answer), aiohttp's
+  client protocol and its per-read timer, our header rules, metrics and access line; no
+  single function is more than a few per cent. py-spy's blocking sampling attributes the
+  kernel time to the Python frame that made the syscall, so its tables over-weight
+  `FastLane.write` and `Exchange.send`.
+- The ceiling for a Python proxy on this machine: a bare callback-only relay (aiohttp's
+  parsers, no routing, header rules, metrics or log; a throwaway experiment, not part of
+  this run) reached about 0.7x this nginx; the same with one task per request about
+  0.55x. club-proxy pays for routing, the header rules, per-read timeouts, metrics and
+  the access line on top. Throughput scales with `--workers N` (SO_REUSEPORT), one per
+  core.
+- 1 MiB responses: socket writes and reads of the body dominate; the fast lane writes
+  each body piece straight to the client transport with its flow control, 64 KiB read
+  buffers.
 - Added latency at 1 connection is mostly scheduling: the proxy's two sends each wake a
-  peer process on the same two cores; user CPU per request is about 180 us at 1
-  connection against 100 us at 32 (cold caches between requests).
+  peer process on the same two cores.
 """
 
 
