@@ -35,6 +35,12 @@ class ResponseProtocol(ResponseHandler):
     to `heads` instead of the queue `read()` waits on, and the listener is
     called after each read and on a failure: it looks at `heads` and
     `exception()`, and detaches itself once it has what it waited for.
+
+    With a `sink` (the fast lane again, for the rest of a body of known
+    length), bytes read go to the sink as they are, past the parser: no copy
+    into a StreamReader, no re-framing. The per-read timeout still runs; a
+    failure (timeout, connection lost) detaches the sink and calls
+    `sink_failed` soon after.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -42,8 +48,14 @@ class ResponseProtocol(ResponseHandler):
         self.answered = False
         self.listener: Callable[[], None] | None = None
         self.heads: list[tuple[RawResponseMessage, StreamReader]] = []
+        self.sink: Callable[[bytes], None] | None = None
+        self.sink_failed: Callable[[BaseException], None] | None = None
 
     def data_received(self, data: bytes) -> None:
+        if (sink := self.sink) is not None:
+            self._reschedule_timeout()
+            sink(data)
+            return
         self.answered = True
         super().data_received(data)
         if self.listener is not None:
@@ -60,6 +72,9 @@ class ResponseProtocol(ResponseHandler):
         if self.listener is not None:
             # Later, not from inside connection_lost or the parser's error path.
             self._loop.call_soon(self._notify)
+        if (failed := self.sink_failed) is not None:
+            self.sink = self.sink_failed = None
+            self._loop.call_soon(failed, exc)
 
     def _notify(self) -> None:
         if self.listener is not None:

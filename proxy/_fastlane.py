@@ -164,6 +164,8 @@ class FastLane(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writing_paused = False
         self._wake_writer()
+        if self._call is not None:
+            self._call.resume_upstream()
 
     # The parser's flow-control hooks, for the body of a request the lane
     # hands over without reading: nothing to pause.

@@ -82,14 +82,17 @@ class LaneCall:
     """
 
     __slots__ = (
+        "_code",
         "_done",
         "_exchange",
         "_lane",
         "_message",
         "_pool",
         "_proxy",
+        "_remaining",
         "_rid",
         "_route",
+        "_sent",
         "_start",
         "_target",
         "_timeout",
@@ -119,6 +122,10 @@ class LaneCall:
         self._timeout = route_timeout(route, upstream) or self._pool.timeout
         self._exchange: Exchange | None = None
         self._done = False
+        # While a body of known length is relayed past the parser (`_sink_body`).
+        self._code = 0
+        self._sent = 0
+        self._remaining = 0
         self.task: asyncio.Task[None] | None = None
         metrics = proxy.metrics
         metrics.in_flight += 1
@@ -156,9 +163,16 @@ class LaneCall:
             return
         exchange = self._exchange
         if exchange is not None and not self._done:
-            exchange.proto.listener = None
+            proto = exchange.proto
+            proto.listener = proto.sink = proto.sink_failed = None
             exchange.release(reuse=False)
-            self._complete(CLIENT_CLOSED, 0, "client", None)
+            self._complete(CLIENT_CLOSED, self._sent, "client", None)
+
+    def resume_upstream(self) -> None:
+        """The client takes writes again: read on from the upstream if we paused it."""
+        exchange = self._exchange
+        if exchange is not None and exchange.proto.sink is not None:
+            exchange.proto.resume_reading()
 
     # --- without a task -------------------------------------------------------------
 
@@ -201,8 +215,81 @@ class LaneCall:
             sent = self._lane.write(data)
             exchange.finish()
             self._complete(code, len(body), None if sent else "client", None)
+        elif framing is Framing.LENGTH and payload.exception() is None:
+            self._sink_body(exchange, head, message, payload)
         else:
             self._spawn(self._stream(exchange, head, framing, code))
+
+    # --- a body of known length, past the parser ---------------------------------------
+
+    def _sink_body(
+        self, exchange: Exchange, head: bytes, message: RawResponseMessage, payload: StreamReader
+    ) -> None:
+        """Relay the rest of a Content-Length body straight from the upstream's reads.
+
+        The parser has the head and the body bytes that came with it; the rest
+        goes from each read to the client as it is (`ResponseProtocol.sink`):
+        no copy through a StreamReader and no task. When the client's socket
+        is full the upstream connection stops reading until it drains.
+        """
+        try:
+            length = int(message.headers["Content-Length"])
+        except (KeyError, ValueError):
+            self._spawn(self._stream(exchange, head, Framing.LENGTH, message.code))
+            return
+        first = payload.read_nowait(-1)
+        self._code = message.code
+        self._sent = len(first)
+        self._remaining = length - len(first)
+        if not self._lane.write(head + first):
+            exchange.release(reuse=False)
+            self._complete(self._code, self._sent, "client", None)
+            return
+        proto = exchange.proto
+        proto.sink = self._on_body
+        proto.sink_failed = self._on_body_failed
+        if self._lane.writing_paused:
+            proto.pause_reading()
+
+    def _on_body(self, data: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            return
+        proto = exchange.proto
+        remaining = self._remaining
+        if len(data) > remaining:
+            # Bytes beyond the announced length: relay the answer, never reuse
+            # a connection whose stream can no longer be trusted.
+            data = data[:remaining]
+            proto.force_close()
+        self._remaining = remaining - len(data)
+        self._sent += len(data)
+        if not self._lane.write(data):
+            proto.sink = proto.sink_failed = None
+            exchange.release(reuse=False)
+            self._complete(self._code, self._sent, "client", None)
+        elif self._remaining == 0:
+            proto.sink = proto.sink_failed = None
+            # The parser never saw these bytes: end its body so the pool
+            # sees a finished answer (the next request gets a new parser).
+            exchange.content.feed_eof()
+            exchange.finish()
+            self._complete(self._code, self._sent, None, None)
+        elif self._lane.writing_paused:
+            proto.pause_reading()
+
+    def _on_body_failed(self, exc: BaseException) -> None:
+        """The upstream failed mid-body (timeout, connection lost): cut the client."""
+        exchange = self._exchange
+        if exchange is None or self._done:
+            return
+        logger.warning(
+            "proxy.upstream_aborted",
+            extra={"request_id": self._rid, "sent": self._sent, "error": repr(exc)},
+        )
+        self._lane.abort()
+        exchange.release(reuse=False)
+        self._complete(self._code, self._sent, "upstream", "aborted")
 
     def _failed(self, exchange: Exchange, exc: BaseException) -> None:
         """The upstream failed before an answer head: retry once, or 502/504."""
