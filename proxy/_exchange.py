@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["Exchange", "ResponseProtocol"]
 
 _LAST_CHUNK: Final = b"0\r\n\r\n"
+_CLOCK_SLACK: Final = 0.001
 
 
 class ResponseProtocol(ResponseHandler):
@@ -48,6 +49,7 @@ class ResponseProtocol(ResponseHandler):
         self.answered = False
         self.listener: Callable[[], None] | None = None
         self.heads: list[tuple[RawResponseMessage, StreamReader]] = []
+        self._deadline: float | None = None
         self.sink: Callable[[bytes], None] | None = None
         self.sink_failed: Callable[[BaseException], None] | None = None
 
@@ -79,6 +81,50 @@ class ResponseProtocol(ResponseHandler):
     def _notify(self) -> None:
         if self.listener is not None:
             self.listener()
+
+    # Two of aiohttp's per-answer costs the proxy does without.
+    #
+    # aiohttp resumes reading after every chunk read from an answer, paused or
+    # not, and resuming feeds its parser an empty read (for decompression,
+    # which the proxy never does): with nothing paused there is nothing to do.
+    def resume_reading(self, resume_parser: bool = True) -> None:  # noqa: FBT001, FBT002 - aiohttp's signature
+        if self._reading_paused or self._buffer_paused:
+            super().resume_reading(resume_parser)
+
+    # aiohttp re-arms its per-read timer (a cancel and a call_later) on every
+    # read and cancels it at the end of every answer. Here a read moves a
+    # deadline, and the one timer re-arms itself to the deadline when it fires
+    # early: a float store per read instead of timer-heap work.
+    def _reschedule_timeout(self) -> None:
+        timeout = self._read_timeout
+        if not timeout:
+            self._deadline = None
+            return
+        loop = self._loop
+        self._deadline = deadline = loop.time() + timeout
+        handle = self._read_timeout_handle
+        # A new timer only when none runs or it would fire too late (a route
+        # with a shorter read timeout than the last request on this connection).
+        if handle is None or deadline < handle.when():
+            if handle is not None:
+                handle.cancel()
+            self._read_timeout_handle = loop.call_at(deadline, self._check_deadline)
+
+    def _drop_timeout(self) -> None:
+        self._deadline = None
+
+    def _check_deadline(self) -> None:
+        self._read_timeout_handle = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        loop = self._loop
+        # The loop may run a timer up to its clock resolution early.
+        if loop.time() + _CLOCK_SLACK >= deadline:
+            self._deadline = None
+            self._on_read_timeout()
+        else:
+            self._read_timeout_handle = loop.call_at(deadline, self._check_deadline)
 
 
 class Exchange:

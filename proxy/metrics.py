@@ -3,9 +3,11 @@
 Requests are counted by route id, target, method and status, with a latency
 histogram per route and target; upstream failures by target and kind; route
 reloads are read from the watcher's own counters at scrape time, so they can
-never drift from what the admin API reports. Label children are cached in a
-plain dict: the request path pays one dict lookup, not prometheus-client's
-label validation.
+never drift from what the admin API reports. The per-request counter and
+histogram are plain dicts the request path adds to, turned into Prometheus
+families at scrape time (`_RequestCollector`): prometheus-client's Counter and
+Histogram take a lock and validate on every call, a dozen Python calls per
+request. The proxy's event loop is the only writer.
 
 The admin /-/metrics body (`exposition`) adds prometheus-client's default
 REGISTRY: the process_* and python_* metrics, and whatever in-process code
@@ -15,16 +17,17 @@ counters as club_compat_*, since it must not depend on the proxy).
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from itertools import accumulate
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
-    Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -46,6 +49,9 @@ _METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND", "CONNECT", "TRACE"}
 )
 _BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The `le` labels, as prometheus-client spells them (its floatToGoString, which
+# repr() matches for these bounds).
+_LE: Final = (*(repr(b) for b in _BUCKETS), "+Inf")
 
 
 class _ReloadCollector(Collector):
@@ -116,24 +122,46 @@ class _InFlightCollector(Collector):
         )
 
 
+class _RequestCollector(Collector):
+    """`ProxyMetrics.observe`'s counts and latency buckets, as Prometheus families."""
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "club_proxy_requests",
+            "Requests answered, by route, target, method and status.",
+            labels=["route", "target", "method", "status"],
+        )
+        for (route, target, method, status), count in sorted(self._metrics.counts.items()):
+            requests.add_metric([route, target, method, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "club_proxy_request_duration_seconds",
+            "Time from request start to the end of the answer.",
+            labels=["route", "target"],
+        )
+        for (route, target), (buckets, total) in sorted(self._metrics.latency.items()):
+            cumulative = list(accumulate(buckets))
+            latency.add_metric(
+                [route, target],
+                [(_LE[i], float(count)) for i, count in enumerate(cumulative)],
+                sum_value=total[0],
+            )
+        yield latency
+
+
 class ProxyMetrics:
     """The proxy's metrics; `render()` is the /-/metrics body."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self._requests = Counter(
-            "club_proxy_requests",
-            "Requests answered, by route, target, method and status.",
-            ["route", "target", "method", "status"],
-            registry=self.registry,
-        )
-        self._latency = Histogram(
-            "club_proxy_request_duration_seconds",
-            "Time from request start to the end of the answer.",
-            ["route", "target"],
-            buckets=_BUCKETS,
-            registry=self.registry,
-        )
+        # (route, target, method, status) -> answers; (route, target) -> (a
+        # count per latency bucket, the last one +Inf; [sum of seconds]).
+        self.counts: dict[tuple[str, str, str, int], int] = {}
+        self.latency: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+        self.registry.register(_RequestCollector(self))
         self._upstream_errors = Counter(
             "club_proxy_upstream_errors",
             "Upstream failures by target and kind (connect, timeout, protocol, aborted).",
@@ -151,8 +179,6 @@ class ProxyMetrics:
         self.in_flight = 0
         self.fast_lane_requests = 0
         self.registry.register(_InFlightCollector(self))
-        self._request_children: dict[tuple[str, str, str, int], Counter] = {}
-        self._latency_children: dict[tuple[str, str], Histogram] = {}
 
     def watch_reloads(self, watcher: RoutesWatcher) -> None:
         """Export the watcher's reload counters and active table."""
@@ -166,18 +192,15 @@ class ProxyMetrics:
         """Count one answered request and its latency."""
         if method not in _METHODS:
             method = "OTHER"
+        counts = self.counts
         key = (route, target, method, status)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._requests.labels(route, target, method, str(status))
-            self._request_children[key] = counter
-        counter.inc()
-        lkey = (route, target)
-        histogram = self._latency_children.get(lkey)
-        if histogram is None:
-            histogram = self._latency.labels(route, target)
-            self._latency_children[lkey] = histogram
-        histogram.observe(seconds)
+        counts[key] = counts.get(key, 0) + 1
+        latency = self.latency.get((route, target))
+        if latency is None:
+            latency = self.latency[route, target] = ([0] * (len(_BUCKETS) + 1), [0.0])
+        # Bucket i holds seconds <= _BUCKETS[i] (Prometheus's `le`); past the last, +Inf.
+        latency[0][bisect_left(_BUCKETS, seconds)] += 1
+        latency[1][0] += seconds
 
     def upstream_error(self, target: str, kind: str) -> None:
         self._upstream_errors.labels(target, kind).inc()
