@@ -18,8 +18,8 @@ hands the connection over, from that request's first byte, to aiohttp's
 `RequestHandler` (`proxy._protocol.ProxyRequestHandler`), which keeps it for
 the rest of its life. So everything unusual stays on the path the
 transparency suite was written against; the fast lane only has to be exact for
-the common case, and tests/proxy/test_fastlane.py holds it to the aiohttp
-path's bytes.
+the common case. tests/proxy/test_fastlane_parity.py holds it to the aiohttp
+path's bytes, tests/proxy/test_fastlane.py to its behaviour.
 """
 
 from __future__ import annotations

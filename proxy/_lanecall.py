@@ -315,7 +315,25 @@ class LaneCall:
     # --- with a task ----------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self.task = self._lane.loop.create_task(coro)
+        self.task = task = self._lane.loop.create_task(coro)
+        task.add_done_callback(self._settle)
+
+    def _settle(self, task: asyncio.Task[None]) -> None:
+        """After the task: make sure the request was closed and logged.
+
+        A task cancelled before its first step (the client left in the same
+        loop turn the answer head arrived) never runs its own `finally`.
+        """
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("proxy.lane_failed", exc_info=exc, extra={"request_id": self._rid})
+        if self._done:
+            return
+        exchange = self._exchange
+        if exchange is not None:
+            proto = exchange.proto
+            proto.listener = proto.sink = proto.sink_failed = None
+            exchange.release(reuse=False)
+        self._complete(CLIENT_CLOSED, self._sent, "client", None)
 
     async def _relay(self, *, may_retry: bool) -> None:
         """Wait for a connection (and the answer head), then stream the answer."""

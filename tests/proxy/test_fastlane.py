@@ -449,14 +449,6 @@ class _OnRequest(list[Received]):
         self._hook(item)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "LaneCall.client_gone cancels LaneCall.task before its first step (the _stream task"
-        " _on_upstream just spawned): the coroutine never runs, so its finally never releases"
-        " the upstream connection nor calls _complete (in_flight, pool slot, access line leak)"
-    ),
-)
 async def test_a_client_leaving_as_the_answer_head_arrives_frees_its_upstream_connection(
     proxies: Proxies, upstream: EchoUpstream, client_of: Callable[[int], Awaitable[RawClient]]
 ) -> None:
