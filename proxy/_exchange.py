@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     from proxy._upstream_client import ConnectionPool
     from proxy.upstreams import ClientLimits
 
-__all__ = ["Exchange", "ResponseProtocol"]
+__all__ = ["LAST_CHUNK", "Exchange", "ResponseProtocol", "is_interim"]
 
-_LAST_CHUNK: Final = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 _CLOCK_SLACK: Final = 0.001
 
 
@@ -113,6 +113,13 @@ class ResponseProtocol(ResponseHandler):
     def _drop_timeout(self) -> None:
         self._deadline = None
 
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        # A pending timer would keep this closed connection alive until it fires.
+        if (handle := self._read_timeout_handle) is not None:
+            handle.cancel()
+            self._read_timeout_handle = None
+
     def _check_deadline(self) -> None:
         self._read_timeout_handle = None
         deadline = self._deadline
@@ -176,7 +183,7 @@ class Exchange:
         if first:
             head += b"%x\r\n%b\r\n" % (len(first), first) if chunked else first
         if body.at_eof():
-            transport.write(head + _LAST_CHUNK if chunked else head)
+            transport.write(head + LAST_CHUNK if chunked else head)
             proto.start_timeout()
             return
         transport.write(head)
@@ -188,14 +195,8 @@ class Exchange:
         read = self.proto.read
         while True:
             message, payload = await read()
-            code = message.code
-            # 1xx interim answers (103 Early Hints, a late 100 Continue) are
-            # not relayed; a 101 to a request that asked for no upgrade is broken.
-            if not 100 <= code < 200:  # noqa: PLR2004
+            if not is_interim(message.code):
                 break
-            if code == 101:  # noqa: PLR2004
-                msg = "upstream switched protocols on a plain request"
-                raise ServerDisconnectedError(msg)
         self.message = message
         self.content = payload
 
@@ -234,6 +235,17 @@ def _expect_answer(
     )
 
 
+def is_interim(code: int) -> bool:
+    """Whether an answer is a 1xx to skip (103 Early Hints, a late 100 Continue).
+
+    Raises ServerDisconnectedError for a 101: the request asked for no upgrade.
+    """
+    if code == 101:  # noqa: PLR2004
+        msg = "upstream switched protocols on a plain request"
+        raise ServerDisconnectedError(msg)
+    return 100 <= code < 200  # noqa: PLR2004
+
+
 async def _send_body(proto: ResponseProtocol, body: StreamReader, *, chunked: bool) -> None:
     """Stream the rest of the client's body upstream, honouring the socket's flow control."""
     try:
@@ -244,7 +256,7 @@ async def _send_body(proto: ResponseProtocol, body: StreamReader, *, chunked: bo
                 return  # connection_lost already failed the answer
             if not chunk:
                 if chunked:
-                    transport.write(_LAST_CHUNK)
+                    transport.write(LAST_CHUNK)
                 break
             transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
             if proto.writing_paused:

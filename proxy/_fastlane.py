@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import TYPE_CHECKING, Final, cast
 
 from aiohttp.http import HttpVersion11
@@ -47,17 +46,10 @@ if TYPE_CHECKING:
 
 __all__ = ["FastLane", "LaneHost"]
 
-logger = logging.getLogger(__name__)
-
 # aiohttp's StreamReader limit for the bodies the fast lane never reads (it
 # hands such requests over before reading them).
 _READ_LIMIT: Final = 1 << 16
 _HEAD_END: Final = b"\r\n\r\n"
-_LAST_CHUNK: Final = b"0\r\n\r\n"
-_STATUS_LINES: Final = {
-    502: b"HTTP/1.1 502 Bad Gateway\r\n",
-    504: b"HTTP/1.1 504 Gateway Timeout\r\n",
-}
 
 
 class LaneHost:
@@ -193,7 +185,8 @@ class FastLane(asyncio.Protocol):
             if call is not None:
                 call.client_gone()  # out of time: cut it, as aiohttp does
                 if call.task is not None:
-                    with contextlib.suppress(asyncio.CancelledError):
+                    # Its failure, if any, was logged by LaneCall._settle.
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
                         await call.task
         if self._transport is not None:
             self._transport.close()
@@ -202,7 +195,8 @@ class FastLane(asyncio.Protocol):
 
     def _on_bytes(self, data: bytes) -> None:
         parser = self._parser
-        assert parser is not None  # noqa: S101 - set in connection_made
+        if parser is None:
+            return  # handed over or closed already
         raw = self._raw + data if self._raw else data
         self._raw = raw
         try:
@@ -243,8 +237,9 @@ class FastLane(asyncio.Protocol):
         if target_name == NEW:
             return "new"
         self._raw = b""
-        # The keep-alive timer stays armed: it re-arms itself while busy
-        # (one timer per keep-alive period, not one per request).
+        # The keep-alive timer stays armed: firing while busy it does nothing,
+        # and call_done() arms it again (one timer per keep-alive period, not
+        # one per request).
         self._call = LaneCall(
             self,
             proxy,
@@ -268,7 +263,12 @@ class FastLane(asyncio.Protocol):
         return True
 
     def abort(self) -> None:
-        """Cut the client connection (the upstream died mid-answer)."""
+        """Cut the client connection (the upstream died mid-answer).
+
+        Nothing more is read from it: a request the client pipelined behind
+        the cut one must never reach the upstream.
+        """
+        self._closing = True
         if self._transport is not None:
             self._transport.abort()
 
@@ -345,6 +345,10 @@ class FastLane(asyncio.Protocol):
         handler = self._host.handoff()
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if self.writing_paused:
+            # The transport told us, not the handler: it will tell the
+            # handler when it drains, and aiohttp expects to have been paused.
+            handler.pause_writing()
         if raw:
             handler.data_received(raw)
 

@@ -15,6 +15,7 @@ race of an idempotent request.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import time
@@ -24,13 +25,12 @@ from typing import TYPE_CHECKING, Final
 from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 
 from proxy._dispatch import CLIENT_CLOSED, route_timeout
-from proxy._exchange import Exchange
+from proxy._exchange import LAST_CHUNK, Exchange, is_interim
 from proxy._upstream_client import IDEMPOTENT
 from proxy.forward import UPSTREAM_FAILURES, error_body, upstream_failure
 from proxy.headers import Framing, request_id_from, response_head, upstream_request_head
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Coroutine
     from typing import Any
 
@@ -45,7 +45,6 @@ __all__ = ["LaneCall"]
 
 logger = logging.getLogger(__name__)
 
-_LAST_CHUNK: Final = b"0\r\n\r\n"
 _STATUS_LINES: Final = {
     502: b"HTTP/1.1 502 Bad Gateway\r\n",
     504: b"HTTP/1.1 504 Gateway Timeout\r\n",
@@ -149,6 +148,9 @@ class LaneCall:
                 )
             except ServerDisconnectedError:
                 exchange.release(reuse=False)  # lost while idle: connect instead
+            except BaseException:
+                exchange.release(reuse=False)
+                raise
             else:
                 self._exchange = exchange
                 proto.heads.clear()
@@ -178,30 +180,20 @@ class LaneCall:
 
     def _on_upstream(self) -> None:
         """The connection's listener: an answer head, a failure, or not yet."""
+        try:
+            self._on_answer()
+        except Exception as exc:
+            self.broke(exc)
+
+    def _on_answer(self) -> None:
         exchange = self._exchange
         if exchange is None:
             return
-        proto = exchange.proto
-        final = None
-        for answer in proto.heads:
-            code = answer[0].code
-            if code >= 200:  # noqa: PLR2004
-                final = answer
-                break
-            if code == 101:  # noqa: PLR2004
-                msg = "upstream switched protocols on a plain request"
-                self._failed(exchange, ServerDisconnectedError(msg))
-                return
-            # Other 1xx (103 Early Hints, a late 100 Continue): not relayed.
+        final = self._final_head(exchange)
         if final is None:
-            exc = proto.exception()
-            if exc is not None:
-                self._failed(exchange, exc)
             return
         message, payload = final
         code = message.code
-        proto.listener = None
-        proto.heads.clear()
         exchange.message, exchange.content = message, payload
         head, framing = self._response_head(message)
         if framing is Framing.EMPTY:
@@ -238,10 +230,21 @@ class LaneCall:
             self._spawn(self._stream(exchange, head, Framing.LENGTH, message.code))
             return
         first = payload.read_nowait(-1)
+        # Reading may let aiohttp's parser go on with bytes it held back
+        # (over the reader's limit): take those too.
+        while more := payload.read_nowait(-1):
+            first += more
         self._code = message.code
         self._sent = len(first)
         self._remaining = length - len(first)
-        if not self._lane.write(head + first):
+        sent = self._lane.write(head + first)
+        if payload.is_eof() or self._remaining <= 0:
+            # The body was all there after all (an answer over the reader's
+            # 128 KiB limit in one read, which the parser held back).
+            exchange.finish()
+            self._complete(self._code, self._sent, None if sent else "client", None)
+            return
+        if not sent:
             exchange.release(reuse=False)
             self._complete(self._code, self._sent, "client", None)
             return
@@ -252,6 +255,12 @@ class LaneCall:
             proto.pause_reading()
 
     def _on_body(self, data: bytes) -> None:
+        try:
+            self._relay_body(data)
+        except Exception as exc:
+            self.broke(exc)
+
+    def _relay_body(self, data: bytes) -> None:
         exchange = self._exchange
         if exchange is None:
             return
@@ -291,6 +300,29 @@ class LaneCall:
         exchange.release(reuse=False)
         self._complete(self._code, self._sent, "upstream", "aborted")
 
+    def _final_head(self, exchange: Exchange) -> tuple[RawResponseMessage, StreamReader] | None:
+        """The final answer head once it is here; None while waiting or after a failure."""
+        proto = exchange.proto
+        heads = proto.heads
+        for index, answer in enumerate(heads):
+            try:
+                interim = is_interim(answer[0].code)
+            except ServerDisconnectedError as exc:
+                self._failed(exchange, exc)
+                return None
+            if not interim:
+                if index + 1 < len(heads):
+                    # An answer nobody asked for came with it: relay this
+                    # one, never reuse the connection.
+                    proto.force_close()
+                proto.listener = None
+                heads.clear()
+                return answer
+        failure = proto.exception()
+        if failure is not None:
+            self._failed(exchange, failure)
+        return None
+
     def _failed(self, exchange: Exchange, exc: BaseException) -> None:
         """The upstream failed before an answer head: retry once, or 502/504."""
         proto = exchange.proto
@@ -325,7 +357,8 @@ class LaneCall:
         loop turn the answer head arrived) never runs its own `finally`.
         """
         if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error("proxy.lane_failed", exc_info=exc, extra={"request_id": self._rid})
+            self.broke(exc)
+            return
         if self._done:
             return
         exchange = self._exchange
@@ -334,6 +367,21 @@ class LaneCall:
             proto.listener = proto.sink = proto.sink_failed = None
             exchange.release(reuse=False)
         self._complete(CLIENT_CLOSED, self._sent, "client", None)
+
+    def broke(self, exc: BaseException) -> None:
+        """A bug of ours (an unexpected exception): cut both connections, log a 500.
+
+        The client may already hold part of an answer, so it gets no error
+        answer, only the cut (an incomplete message, never a success).
+        """
+        logger.error("proxy.internal_error", exc_info=exc, extra={"request_id": self._rid})
+        self._lane.abort()
+        exchange = self._exchange
+        if exchange is not None:
+            proto = exchange.proto
+            proto.listener = proto.sink = proto.sink_failed = None
+            exchange.release(reuse=False)
+        self._complete(500, self._sent, "proxy", None)
 
     async def _relay(self, *, may_retry: bool) -> None:
         """Wait for a connection (and the answer head), then stream the answer."""
@@ -350,7 +398,7 @@ class LaneCall:
         except UPSTREAM_FAILURES as exc:
             self._fail(exc)
             return
-        except BaseException:
+        except asyncio.CancelledError:
             self._complete(CLIENT_CLOSED, 0, "client", None)
             raise
         self._exchange = exchange
@@ -366,12 +414,13 @@ class LaneCall:
             sent, aborted = await self._copy(exchange.content, head, framing)
             if aborted == "upstream":
                 error = "aborted"
-        except BaseException:
-            status = CLIENT_CLOSED  # cancelled: the client went away
-            raise
-        finally:
+        except asyncio.CancelledError:  # the client went away
             exchange.finish()
-            self._complete(status, sent, aborted, error)
+            self._complete(CLIENT_CLOSED, sent, "client", None)
+            raise
+        # Any other exception is a bug: _settle() -> broke() cuts and logs it.
+        exchange.finish()
+        self._complete(status, sent, aborted, error)
 
     async def _copy(
         self, content: StreamReader, head: bytes, framing: Framing
@@ -446,25 +495,27 @@ class LaneCall:
         proxy.metrics.in_flight -= 1
         proxy.pools.release(self._pool)
         message = self._message
-        proxy.record(
-            request_id=self._rid,
-            route=self._route,
-            target=self._target,
-            method=message.method,
-            raw_target=message.path,
-            status=status,
-            body_bytes=sent,
-            start=self._start,
-            aborted=aborted,
-            upstream_error=error,
-        )
-        self._lane.call_done(self)
+        try:
+            proxy.record(
+                request_id=self._rid,
+                route=self._route,
+                target=self._target,
+                method=message.method,
+                raw_target=message.path,
+                status=status,
+                body_bytes=sent,
+                start=self._start,
+                aborted=aborted,
+                upstream_error=error,
+            )
+        finally:
+            self._lane.call_done(self)
 
 
 def _frame(chunk: bytes, *, last: bool) -> bytes:
     """`chunk` as an HTTP/1.1 chunk (none for b""), then the last chunk if `last`."""
     data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b""
-    return data + _LAST_CHUNK if last else data
+    return data + LAST_CHUNK if last else data
 
 
 def _error_answer(status: int, error: str, request_id: str) -> bytes:

@@ -64,9 +64,6 @@ class _Slots:
         self._free = limit
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    def locked(self) -> bool:
-        return self._free <= 0 or bool(self._waiters)
-
     def try_take(self) -> bool:
         if self._free > 0 and not self._waiters:
             self._free -= 1
@@ -83,7 +80,9 @@ class _Slots:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self.give()  # handed a slot as we were cancelled: pass it on
-            else:
+            elif waiter in self._waiters:
+                # Not there when give() already skipped it (cancelled in the
+                # same loop turn), as asyncio.Semaphore also allows for.
                 self._waiters.remove(waiter)
             raise
 

@@ -71,6 +71,7 @@ _LOWER_DROP_UNTRUSTED: Final = _LOWER_DROP | _LOWER_FORWARDING
 # client sent `Content-Length: 0` when there was no body, and so do we.
 _BODILESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _TRUST_CACHE_SIZE: Final = 4096
+_CACHED_TOKENS_MAX: Final = 64
 _LOWER_HOP_BY_HOP: Final = frozenset(n.lower().encode() for n in HOP_BY_HOP)
 # Statuses whose answers have no body; aiohttp's server also drops their
 # Content-Length (`should_remove_content_length`), and so does the fast lane.
@@ -219,9 +220,12 @@ def _dropped_by_connection(
     tokens = _token_cache.get(values)
     if tokens is None:
         tokens = _connection_token_bytes(values)
-        if len(_token_cache) >= _TRUST_CACHE_SIZE:
-            _token_cache.clear()
-        _token_cache[values] = tokens
+        # Only short values are cached: the client chooses them, and a cache
+        # of large ones would be a way to fill the proxy's memory.
+        if len(values) == 1 and len(values[0]) <= _CACHED_TOKENS_MAX:
+            if len(_token_cache) >= _TRUST_CACHE_SIZE:
+                _token_cache.clear()
+            _token_cache[values] = tokens
     return drop if tokens <= drop else drop | tokens
 
 
