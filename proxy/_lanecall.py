@@ -11,23 +11,28 @@ pool at its limit), or for the rest of a body. Both ways share the rules of
 cut when the upstream dies mid-body, the upstream connection closed when the
 client leaves, and one retry on a fresh connection for the stale keep-alive
 race of an idempotent request.
+
+The module is over the usual size because it is one request's whole life in
+the lane: the three ways an answer travels (callback, Content-Length relay,
+task) share one completion rule (`_complete`: release, metrics, access line,
+exactly once), and splitting them would spread that rule. The bytes it
+writes and the task's copy loop live in `proxy._laneanswer`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import time
 from time import perf_counter
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 
 from proxy._dispatch import CLIENT_CLOSED, route_timeout
-from proxy._exchange import LAST_CHUNK, Exchange, is_interim
+from proxy._exchange import Exchange, is_interim
+from proxy._laneanswer import copy_body, error_answer, frame, http_date
 from proxy._upstream_client import IDEMPOTENT
-from proxy.forward import UPSTREAM_FAILURES, error_body, upstream_failure
+from proxy.forward import UPSTREAM_FAILURES, upstream_failure
 from proxy.headers import Framing, request_id_from, response_head, upstream_request_head
 
 if TYPE_CHECKING:
@@ -44,31 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["LaneCall"]
 
 logger = logging.getLogger(__name__)
-
-_STATUS_LINES: Final = {
-    502: b"HTTP/1.1 502 Bad Gateway\r\n",
-    504: b"HTTP/1.1 504 Gateway Timeout\r\n",
-}
-
-
-class _Date:
-    """The `Date` value, formatted once per second (as aiohttp does)."""
-
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def now(self) -> bytes:
-        second = int(time.time())
-        if second != self._second:
-            self._second = second
-            self._value = email.utils.formatdate(second, usegmt=True).encode()
-        return self._value
-
-
-_date: Final = _Date()
 
 
 class LaneCall:
@@ -203,7 +183,7 @@ class LaneCall:
         elif payload.is_eof() and payload.exception() is None:
             # The whole body is here (a small answer): one write, no task.
             body = payload.read_nowait(-1)
-            data = head + _frame(body, last=True) if framing is Framing.CHUNKED else head + body
+            data = head + frame(body, last=True) if framing is Framing.CHUNKED else head + body
             sent = self._lane.write(data)
             exchange.finish()
             self._complete(code, len(body), None if sent else "client", None)
@@ -341,7 +321,7 @@ class LaneCall:
         status, error, kind = upstream_failure(
             exc, request_id=self._rid, upstream=self._upstream.name
         )
-        sent = self._lane.write(_error_answer(status, error, self._rid))
+        sent = self._lane.write(error_answer(status, error, self._rid))
         self._complete(status, 0, None if sent else "client", kind)
 
     # --- with a task ----------------------------------------------------------------
@@ -411,7 +391,7 @@ class LaneCall:
         sent, error = 0, None
         aborted: str | None = "client"
         try:
-            sent, aborted = await self._copy(exchange.content, head, framing)
+            sent, aborted = await copy_body(self._lane, exchange.content, head, framing, self._rid)
             if aborted == "upstream":
                 error = "aborted"
         except asyncio.CancelledError:  # the client went away
@@ -421,48 +401,6 @@ class LaneCall:
         # Any other exception is a bug: _settle() -> broke() cuts and logs it.
         exchange.finish()
         self._complete(status, sent, aborted, error)
-
-    async def _copy(
-        self, content: StreamReader, head: bytes, framing: Framing
-    ) -> tuple[int, str | None]:
-        """(Body bytes sent, why the answer was cut or None), as `proxy.forward`.
-
-        The head is held back until the first body bytes unless the upstream
-        makes us wait.
-        """
-        lane = self._lane
-        if framing is Framing.EMPTY:
-            return 0, None if lane.write(head) else "client"
-        chunked = framing is Framing.CHUNKED
-        pending = head
-        sent = 0
-        while True:
-            if pending and not content.is_eof() and content.total_bytes == sent:
-                # Nothing buffered: let the client see the head while we wait.
-                if not lane.write(pending):
-                    return sent, "client"
-                pending = b""
-            try:
-                chunk = await content.readany()
-            except UPSTREAM_FAILURES as exc:
-                # Too late for a 502: cut the client connection so it sees a
-                # truncated message, never a complete one.
-                logger.warning(
-                    "proxy.upstream_aborted",
-                    extra={"request_id": self._rid, "sent": sent, "error": repr(exc)},
-                )
-                lane.abort()
-                return sent, "upstream"
-            last = not chunk or content.at_eof()
-            sent += len(chunk)
-            data = _frame(chunk, last=last) if chunked else chunk
-            if not lane.write(pending + data if pending else data):
-                return sent, "client"
-            pending = b""
-            if last:
-                return sent, None
-            if lane.writing_paused:
-                await lane.drained()
 
     # --- shared -----------------------------------------------------------------
 
@@ -484,7 +422,7 @@ class LaneCall:
 
     def _response_head(self, message: RawResponseMessage) -> tuple[bytes, Framing]:
         return response_head(
-            message, method=self._message.method, request_id=self._rid.encode(), date=_date.now()
+            message, method=self._message.method, request_id=self._rid.encode(), date=http_date()
         )
 
     def _complete(self, status: int, sent: int, aborted: str | None, error: str | None) -> None:
@@ -510,24 +448,3 @@ class LaneCall:
             )
         finally:
             self._lane.call_done(self)
-
-
-def _frame(chunk: bytes, *, last: bool) -> bytes:
-    """`chunk` as an HTTP/1.1 chunk (none for b""), then the last chunk if `last`."""
-    data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b""
-    return data + LAST_CHUNK if last else data
-
-
-def _error_answer(status: int, error: str, request_id: str) -> bytes:
-    """The bytes of the proxy's own JSON error answer (`proxy.forward.ErrorResponse`)."""
-    body = error_body(error, request_id)
-    return (
-        b"%bX-Request-ID: %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %b\r\n\r\n%b"
-        % (
-            _STATUS_LINES[status],
-            request_id.encode(),
-            len(body),
-            _date.now(),
-            body,
-        )
-    )
