@@ -307,3 +307,43 @@ async def test_a_closed_pooled_connection_cancels_its_read_timer(upstream: EchoU
     gc.collect()
     # A pending 30 s timer would keep this closed connection alive that long.
     assert proto._read_timeout_handle is None
+
+
+async def test_an_upstream_stalling_mid_body_is_cut_after_the_read_timeout(
+    tmp_path: Path,
+) -> None:
+    release = asyncio.Event()
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, seen: list[bytes]) -> None:
+        async for head in _heads(r, seen):
+            if head.startswith(b"GET /warm"):
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            else:  # half the body, then silence: the relay waits on reads
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"z" * 500)
+                await w.drain()
+                await release.wait()
+            await w.drain()
+
+    async with Scripted(script) as up:
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(
+            "version: 1\n"
+            f'upstreams: {{legacy: {{url: "http://127.0.0.1:{up.port}", read_timeout: 300ms}}}}\n'
+            "default: legacy\nroutes: []\n",
+            encoding="utf-8",
+        )
+        app = create_app(routes_path=routes, reload_on_sighup=False)
+        runner, port = await serve_proxy(app)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            assert await _get(reader, writer, b"/warm") == b"ok"  # pooled: the lane's relay
+            writer.write(b"GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+            received = await asyncio.wait_for(reader.read(), TIMEOUT)  # until the cut
+            assert received.endswith(b"z" * 500)  # the head and half the body, never more
+            assert _settled(app)
+            errors = app[PROXY].metrics.render()
+            assert b'club_proxy_upstream_errors_total{kind="aborted",target="legacy"} 1.0' in errors
+        finally:
+            release.set()
+            writer.close()
+            await runner.cleanup()
