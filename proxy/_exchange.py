@@ -192,11 +192,15 @@ class Exchange:
         )
 
     async def read_head(self) -> None:
-        read = self.proto.read
+        proto = self.proto
         while True:
-            message, payload = await read()
+            message, payload = await proto.read()
             if not is_interim(message.code):
                 break
+            if not len(proto):
+                # aiohttp stops the read timer at the end of every bodiless
+                # message, a 1xx included; the final answer is still due.
+                proto.start_timeout()
         self.message = message
         self.content = payload
 

@@ -301,6 +301,10 @@ class LaneCall:
         failure = proto.exception()
         if failure is not None:
             self._failed(exchange, failure)
+        elif heads:
+            # Only 1xx so far: aiohttp stopped the read timer at its end, but
+            # the final answer is still due (Exchange.read_head does the same).
+            proto.start_timeout()
         return None
 
     def _failed(self, exchange: Exchange, exc: BaseException) -> None:

@@ -347,3 +347,43 @@ async def test_an_upstream_stalling_mid_body_is_cut_after_the_read_timeout(
             release.set()
             writer.close()
             await runner.cleanup()
+
+
+@pytest.mark.parametrize("fast_lane", [True, False], ids=["fast-lane", "aiohttp-path"])
+@pytest.mark.parametrize("pooled", [True, False], ids=["pooled", "fresh"])
+async def test_an_upstream_silent_after_a_1xx_times_out(
+    tmp_path: Path, *, fast_lane: bool, pooled: bool
+) -> None:
+    release = asyncio.Event()
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, seen: list[bytes]) -> None:
+        async for head in _heads(r, seen):
+            if head.startswith(b"GET /warm"):
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            else:  # Early Hints, then nothing
+                w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                await w.drain()
+                await release.wait()
+            await w.drain()
+
+    async with Scripted(script) as up:
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(
+            "version: 1\n"
+            f'upstreams: {{legacy: {{url: "http://127.0.0.1:{up.port}", read_timeout: 300ms}}}}\n'
+            "default: legacy\nroutes: []\n",
+            encoding="utf-8",
+        )
+        app = create_app(routes_path=routes, reload_on_sighup=False, fast_lane=fast_lane)
+        runner, port = await serve_proxy(app)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            if pooled:
+                assert await _get(reader, writer, b"/warm") == b"ok"
+            writer.write(b"GET /hints HTTP/1.1\r\nHost: a\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            assert head.startswith(b"HTTP/1.1 504 ")
+        finally:
+            release.set()
+            writer.close()
+            await runner.cleanup()
