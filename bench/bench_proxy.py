@@ -611,7 +611,8 @@ NOTES = """### Reading it
   this run) reached about 0.7x this nginx; the same with one task per request about
   0.55x. club-proxy pays for routing, the header rules, per-read timeouts, metrics and
   the access line on top. Throughput scales with `--workers N` (SO_REUSEPORT), one per
-  core.
+  core: `--workers 2` on these 2 shared cores gave 0.46x nginx's one worker on 200 B
+  (a one-off measurement, not part of this run).
 - 1 MiB responses: socket writes and reads of the body dominate; the fast lane writes
   each body piece straight to the client transport with its flow control, 64 KiB read
   buffers.
