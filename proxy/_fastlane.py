@@ -240,7 +240,7 @@ class FastLane(asyncio.Protocol):
         # The keep-alive timer stays armed: firing while busy it does nothing,
         # and call_done() arms it again (one timer per keep-alive period, not
         # one per request).
-        self._call = LaneCall(
+        call = self._call = LaneCall(
             self,
             proxy,
             message=message,
@@ -248,7 +248,10 @@ class FastLane(asyncio.Protocol):
             target=target_name,
             upstream=table.upstreams[target_name],
         )
-        self._call.begin()
+        try:
+            call.begin()
+        except Exception as exc:  # a bug of ours: cut, log a 500, free what it held
+            call.broke(exc)
         return None
 
     # --- what a LaneCall uses ---------------------------------------------------
