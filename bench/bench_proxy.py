@@ -600,7 +600,7 @@ NOTES = """### Reading it
   the kernel (the two loopback sends, each of which also runs the receiver's TCP work
   and wakes nginx or wrk on the same two cores, and the two receives), the Python
   interpreter, and the C extensions (llhttp, uvloop, multidict). The interpreter's half is
-  spread over about 180 Python calls per request (cProfile count): aiohttp's request and
+  spread over about 140 Python calls per request (cProfile count): aiohttp's request and
   response parsers (header multidicts, a yarl URL, a StreamReader per answer), aiohttp's
   client protocol and its per-read timer, our header rules, metrics and access line; no
   single function is more than a few per cent. py-spy's blocking sampling attributes the
