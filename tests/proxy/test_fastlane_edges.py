@@ -73,15 +73,18 @@ async def _heads(reader: asyncio.StreamReader, seen: list[bytes]) -> AsyncIterat
         yield head
 
 
-def _proxy(tmp_path: Path, port: int) -> web.Application:
+def _proxy(
+    tmp_path: Path, port: int, *, read_timeout: str | None = None, fast_lane: bool = True
+) -> web.Application:
+    timeout = f", read_timeout: {read_timeout}" if read_timeout else ""
     routes = tmp_path / "routes.yaml"
     routes.write_text(
         "version: 1\n"
-        f'upstreams: {{legacy: {{url: "http://127.0.0.1:{port}"}}}}\n'
+        f'upstreams: {{legacy: {{url: "http://127.0.0.1:{port}"{timeout}}}}}\n'
         "default: legacy\nroutes: []\n",
         encoding="utf-8",
     )
-    return create_app(routes_path=routes, reload_on_sighup=False)
+    return create_app(routes_path=routes, reload_on_sighup=False, fast_lane=fast_lane)
 
 
 async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: bytes) -> bytes:
@@ -325,14 +328,7 @@ async def test_an_upstream_stalling_mid_body_is_cut_after_the_read_timeout(
             await w.drain()
 
     async with Scripted(script) as up:
-        routes = tmp_path / "routes.yaml"
-        routes.write_text(
-            "version: 1\n"
-            f'upstreams: {{legacy: {{url: "http://127.0.0.1:{up.port}", read_timeout: 300ms}}}}\n'
-            "default: legacy\nroutes: []\n",
-            encoding="utf-8",
-        )
-        app = create_app(routes_path=routes, reload_on_sighup=False)
+        app = _proxy(tmp_path, up.port, read_timeout="300ms")
         runner, port = await serve_proxy(app)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
@@ -367,14 +363,7 @@ async def test_an_upstream_silent_after_a_1xx_times_out(
             await w.drain()
 
     async with Scripted(script) as up:
-        routes = tmp_path / "routes.yaml"
-        routes.write_text(
-            "version: 1\n"
-            f'upstreams: {{legacy: {{url: "http://127.0.0.1:{up.port}", read_timeout: 300ms}}}}\n'
-            "default: legacy\nroutes: []\n",
-            encoding="utf-8",
-        )
-        app = create_app(routes_path=routes, reload_on_sighup=False, fast_lane=fast_lane)
+        app = _proxy(tmp_path, up.port, read_timeout="300ms", fast_lane=fast_lane)
         runner, port = await serve_proxy(app)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
