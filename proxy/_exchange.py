@@ -216,6 +216,12 @@ class Exchange:
             reuse = False
         self._pool.release(self.proto, reuse=reuse)
 
+    def abandon(self) -> None:
+        """Detach the fast lane's callbacks and close the connection (never pooled)."""
+        proto = self.proto
+        proto.listener = proto.sink = proto.sink_failed = None
+        self.release(reuse=False)
+
     def finish(self) -> None:
         """Done with the answer: pool the connection if it is clean, close it otherwise."""
         content = self.content

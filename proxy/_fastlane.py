@@ -56,8 +56,8 @@ class LaneHost:
     """What the fast lanes of one listening server share (`proxy._protocol.ProxyServer`).
 
     `handoff` builds the aiohttp connection handler a lane hands over to;
-    `lanes` are the live fast-lane connections, for graceful shutdown;
-    `handoffs` counts hand-overs by reason (exported as a metric).
+    `lanes` are the live fast-lane connections, for graceful shutdown.
+    Hand-overs are counted by reason in `ProxyMetrics.fast_lane_handoff`.
     """
 
     def __init__(

@@ -145,9 +145,7 @@ class LaneCall:
             return
         exchange = self._exchange
         if exchange is not None and not self._done:
-            proto = exchange.proto
-            proto.listener = proto.sink = proto.sink_failed = None
-            exchange.release(reuse=False)
+            exchange.abandon()
             self._complete(CLIENT_CLOSED, self._sent, "client", None)
 
     def resume_upstream(self) -> None:
@@ -254,8 +252,7 @@ class LaneCall:
         self._remaining = remaining - len(data)
         self._sent += len(data)
         if not self._lane.write(data):
-            proto.sink = proto.sink_failed = None
-            exchange.release(reuse=False)
+            exchange.abandon()
             self._complete(self._code, self._sent, "client", None)
         elif self._remaining == 0:
             proto.sink = proto.sink_failed = None
@@ -347,9 +344,7 @@ class LaneCall:
             return
         exchange = self._exchange
         if exchange is not None:
-            proto = exchange.proto
-            proto.listener = proto.sink = proto.sink_failed = None
-            exchange.release(reuse=False)
+            exchange.abandon()
         self._complete(CLIENT_CLOSED, self._sent, "client", None)
 
     def broke(self, exc: BaseException) -> None:
@@ -362,9 +357,7 @@ class LaneCall:
         self._lane.abort()
         exchange = self._exchange
         if exchange is not None:
-            proto = exchange.proto
-            proto.listener = proto.sink = proto.sink_failed = None
-            exchange.release(reuse=False)
+            exchange.abandon()
         self._complete(500, self._sent, "proxy", None)
 
     async def _relay(self, *, may_retry: bool) -> None:

@@ -322,7 +322,7 @@ def response_head(  # noqa: C901, PLR0912 - one pass over the headers, as upstre
     adds for a `PassThroughResponse`, applied to the upstream's raw header
     bytes (names, values and order as sent): hop-by-hop headers and those
     named in `Connection` go, a `Content-Length` beside `Transfer-Encoding`
-    goes, `X-Request-ID` takes the place of the upstream's (or comes last),
+    or on a 1xx, 204 or 304 goes (as aiohttp's server drops it), `X-Request-ID` takes the place of the upstream's (or comes last),
     then `Transfer-Encoding: chunked` when no length is known and `Date` when
     the upstream sent none. The status line is HTTP/1.1: only HTTP/1.1
     clients get here (`proxy._fastlane`).
