@@ -14,6 +14,8 @@ from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.helpers import _EXC_SENTINEL
 
+from proxy._plainanswer import PlainAnswer, read_plain_answer
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -42,6 +44,12 @@ class ResponseProtocol(ResponseHandler):
     into a StreamReader, no re-framing. The per-read timeout still runs; a
     failure (timeout, connection lost) detaches the sink and calls
     `sink_failed` soon after.
+
+    With `expect_plain` (the fast lane once more), the first read of the
+    answer goes to `read_plain_answer` before any aiohttp parser exists: a
+    plain answer whose body fits in that read (or is then relayed by a sink)
+    never meets aiohttp's parser, and anything else goes to a parser made
+    then, exactly as if it had been there all along.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -52,6 +60,46 @@ class ResponseProtocol(ResponseHandler):
         self._deadline: float | None = None
         self.sink: Callable[[bytes], None] | None = None
         self.sink_failed: Callable[[BaseException], None] | None = None
+        self.plain: Callable[[PlainAnswer, bytes], None] | None = None
+        self._plain_limits: ClientLimits | None = None
+
+    def expect_plain(
+        self,
+        on_plain: Callable[[PlainAnswer, bytes], None],
+        *,
+        read_timeout: float | None,
+        limits: ClientLimits,
+    ) -> None:
+        """Read the next answer with `read_plain_answer` first; `on_plain` gets it if plain.
+
+        For a request whose answer has a body (not HEAD). The listener sees
+        the answer only when it is not plain.
+        """
+        self.answered = False
+        self.plain = on_plain
+        self._plain_limits = limits
+        self._read_timeout = read_timeout
+        # The last answer's parser is done with; the fallback makes a new one.
+        self._parser = None
+        self._payload = None
+
+    def pause_sink(self) -> None:
+        """Stop reading while the sink's client cannot take more (no parser involved)."""
+        self._reading_paused = True
+        self._pause_transport_reading()
+        self._drop_timeout()  # the wait is the client's, not the upstream's
+
+    def resume_sink(self) -> None:
+        """Read on after `pause_sink`."""
+        if self._reading_paused:
+            self._reading_paused = False
+            if not self._buffer_paused:
+                self._resume_transport_reading()
+            self._reschedule_timeout()
+
+    def stop_timeout(self) -> None:
+        """The answer is all here (a plain answer read past the parser)."""
+        self._drop_timeout()
 
     def data_received(self, data: bytes) -> None:
         if (sink := self.sink) is not None:
@@ -59,6 +107,25 @@ class ResponseProtocol(ResponseHandler):
             sink(data)
             return
         self.answered = True
+        if (plain := self.plain) is not None:
+            self.plain = None
+            limits = self._plain_limits
+            assert limits is not None  # noqa: S101 - set with `plain`
+            answer = read_plain_answer(
+                data,
+                max_line_size=limits.max_line_size,
+                max_field_size=limits.max_field_size,
+                max_headers=limits.max_headers,
+            )
+            # Bytes past the body would be an answer nobody asked for: the
+            # parser's path sees them and closes the connection.
+            if answer is not None and len(data) - answer.body_start <= answer.length:
+                if answer.close:
+                    self._should_close = True
+                plain(answer, data)
+                return
+            _expect_answer(self, "GET", self._read_timeout, limits)
+            self.answered = True
         super().data_received(data)
         if self.listener is not None:
             self.listener()
@@ -162,10 +229,17 @@ class Exchange:
         *,
         chunked: bool,
         read_timeout: float | None,
+        plain: Callable[[PlainAnswer, bytes], None] | None = None,
     ) -> None:
-        """Write the head (and what is here of the body); stream the rest in a task."""
+        """Write the head (and what is here of the body); stream the rest in a task.
+
+        With `plain`, the answer is read as `ResponseProtocol.expect_plain` says.
+        """
         proto = self.proto
-        _expect_answer(proto, method, read_timeout, self._pool.limits)
+        if plain is not None:
+            proto.expect_plain(plain, read_timeout=read_timeout, limits=self._pool.limits)
+        else:
+            _expect_answer(proto, method, read_timeout, self._pool.limits)
         transport = proto.transport
         if transport is None:
             msg = "upstream connection lost"
@@ -219,13 +293,18 @@ class Exchange:
     def abandon(self) -> None:
         """Detach the fast lane's callbacks and close the connection (never pooled)."""
         proto = self.proto
-        proto.listener = proto.sink = proto.sink_failed = None
+        proto.listener = proto.sink = proto.sink_failed = proto.plain = None
         self.release(reuse=False)
 
     def finish(self) -> None:
         """Done with the answer: pool the connection if it is clean, close it otherwise."""
         content = self.content
         self.release(reuse=content.is_eof() and content.exception() is None)
+
+    def finish_plain(self) -> None:
+        """Done with a plain answer (`ResponseProtocol.expect_plain`), body and all."""
+        self.proto.stop_timeout()
+        self.release(reuse=True)
 
 
 def _expect_answer(

@@ -33,7 +33,13 @@ from proxy._exchange import Exchange, is_interim
 from proxy._laneanswer import copy_body, error_answer, frame, http_date
 from proxy._upstream_client import IDEMPOTENT
 from proxy.forward import UPSTREAM_FAILURES, upstream_failure
-from proxy.headers import Framing, request_id_from, response_head, upstream_request_head
+from proxy.headers import (
+    Framing,
+    client_head,
+    request_id_from,
+    response_head,
+    upstream_request_head,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -43,7 +49,9 @@ if TYPE_CHECKING:
     from aiohttp.streams import StreamReader
 
     from proxy._dispatch import Proxy
+    from proxy._exchange import ResponseProtocol
     from proxy._fastlane import FastLane
+    from proxy._plainanswer import PlainAnswer
     from proxy.model import Route, Upstream
 
 __all__ = ["LaneCall"]
@@ -66,6 +74,7 @@ class LaneCall:
         "_exchange",
         "_lane",
         "_message",
+        "_plain",
         "_pool",
         "_proxy",
         "_remaining",
@@ -105,6 +114,8 @@ class LaneCall:
         self._code = 0
         self._sent = 0
         self._remaining = 0
+        # The answer came past aiohttp's parser (`_relay_plain`).
+        self._plain = False
         self.task: asyncio.Task[None] | None = None
         metrics = proxy.metrics
         metrics.in_flight += 1
@@ -118,13 +129,16 @@ class LaneCall:
         proto = client.take_idle()
         if proto is not None:
             exchange = Exchange(client, proto)
+            method = self._message.method
             try:
                 exchange.send(
-                    self._message.method,
+                    method,
                     self._upstream_head(),
                     None,
                     chunked=False,
                     read_timeout=self._timeout.sock_read,
+                    # A HEAD answer has a length but no body: the parser knows.
+                    plain=self._on_plain if method != "HEAD" else None,
                 )
             except ServerDisconnectedError:
                 exchange.release(reuse=False)  # lost while idle: connect instead
@@ -152,7 +166,7 @@ class LaneCall:
         """The client takes writes again: read on from the upstream if we paused it."""
         exchange = self._exchange
         if exchange is not None and exchange.proto.sink is not None:
-            exchange.proto.resume_reading()
+            exchange.proto.resume_sink()
 
     # --- without a task -------------------------------------------------------------
 
@@ -190,6 +204,49 @@ class LaneCall:
         else:
             self._spawn(self._stream(exchange, head, framing, code))
 
+    # --- a plain answer, past the parser ------------------------------------------------
+
+    def _on_plain(self, answer: PlainAnswer, data: bytes) -> None:
+        """The connection's `plain` callback: a plain answer head, with `data` holding it."""
+        try:
+            self._relay_plain(answer, data)
+        except Exception as exc:
+            self.broke(exc)
+
+    def _relay_plain(self, answer: PlainAnswer, data: bytes) -> None:
+        """Relay a plain answer: whole in one write, or its head and a sink for the rest."""
+        exchange = self._exchange
+        if exchange is None:
+            return
+        proto = exchange.proto
+        proto.listener = None
+        self._plain = True
+        self._proxy.metrics.fast_lane_plain_answers += 1
+        head, _ = client_head(
+            answer.code,
+            answer.reason,
+            answer.raw,
+            answer.names,
+            method=self._message.method,
+            request_id=self._rid.encode(),
+            date=http_date(),
+        )
+        start = answer.body_start
+        here = len(data) - start
+        self._code = answer.code
+        self._sent = here
+        self._remaining = answer.length - here
+        # One copy of the body bytes, however many there are.
+        sent = self._lane.write(b"".join((head, memoryview(data)[start:])) if here else head)
+        if self._remaining == 0:
+            exchange.finish_plain()
+            self._complete(self._code, here, None if sent else "client", None)
+        elif not sent:
+            exchange.release(reuse=False)
+            self._complete(self._code, here, "client", None)
+        else:
+            self._sink_rest(proto)
+
     # --- a body of known length, past the parser ---------------------------------------
 
     def _sink_body(
@@ -226,11 +283,14 @@ class LaneCall:
             exchange.release(reuse=False)
             self._complete(self._code, self._sent, "client", None)
             return
-        proto = exchange.proto
+        self._sink_rest(exchange.proto)
+
+    def _sink_rest(self, proto: ResponseProtocol) -> None:
+        """Take the rest of the body (`_remaining` bytes) from each upstream read."""
         proto.sink = self._on_body
         proto.sink_failed = self._on_body_failed
         if self._lane.writing_paused:
-            proto.pause_reading()
+            proto.pause_sink()
 
     def _on_body(self, data: bytes) -> None:
         try:
@@ -256,13 +316,16 @@ class LaneCall:
             self._complete(self._code, self._sent, "client", None)
         elif self._remaining == 0:
             proto.sink = proto.sink_failed = None
-            # The parser never saw these bytes: end its body so the pool
-            # sees a finished answer (the next request gets a new parser).
-            exchange.content.feed_eof()
-            exchange.finish()
+            if self._plain:
+                exchange.finish_plain()
+            else:
+                # The parser never saw these bytes: end its body so the pool
+                # sees a finished answer (the next request gets a new parser).
+                exchange.content.feed_eof()
+                exchange.finish()
             self._complete(self._code, self._sent, None, None)
         elif self._lane.writing_paused:
-            proto.pause_reading()
+            proto.pause_sink()
 
     def _on_body_failed(self, exc: BaseException) -> None:
         """The upstream failed mid-body (timeout, connection lost): cut the client."""

@@ -31,6 +31,7 @@ __all__ = [
     "ForwardingPolicy",
     "Framing",
     "IPNetwork",
+    "client_head",
     "request_id_from",
     "response_head",
     "response_headers",
@@ -313,30 +314,54 @@ class Framing(enum.Enum):
     CHUNKED = "chunked"  # no length known: chunked, as aiohttp frames it
 
 
-def response_head(  # noqa: C901, PLR0912 - one pass over the headers, as upstream_request_head
+def response_head(
     message: RawResponseMessage, *, method: str, request_id: bytes, date: bytes
 ) -> tuple[bytes, Framing]:
     """The answer head for the client as bytes, and how its body is framed.
 
     The same rules as `response_headers` plus what aiohttp's StreamResponse
-    adds for a `PassThroughResponse`, applied to the upstream's raw header
-    bytes (names, values and order as sent): hop-by-hop headers and those
-    named in `Connection` go, a `Content-Length` beside `Transfer-Encoding`
-    or on a 1xx, 204 or 304 goes (as aiohttp's server drops it), `X-Request-ID` takes the place of the upstream's (or comes last),
-    then `Transfer-Encoding: chunked` when no length is known and `Date` when
-    the upstream sent none. The status line is HTTP/1.1: only HTTP/1.1
-    clients get here (`proxy._fastlane`).
+    adds for a `PassThroughResponse` (`client_head`), applied to what
+    aiohttp's parser read.
     """
     raw = message.raw_headers
-    names = [name.lower() for name, _ in raw]
+    return client_head(
+        message.code,
+        message.reason.encode("utf-8", "surrogateescape"),
+        raw,
+        [name.lower() for name, _ in raw],
+        method=method,
+        request_id=request_id,
+        date=date,
+    )
+
+
+def client_head(  # noqa: C901, PLR0912 - one pass over the headers, as upstream_request_head
+    code: int,
+    reason: bytes,
+    raw: tuple[tuple[bytes, bytes], ...],
+    names: list[bytes],
+    *,
+    method: str,
+    request_id: bytes,
+    date: bytes,
+) -> tuple[bytes, Framing]:
+    """The answer head for the client from the upstream's raw head, and its framing.
+
+    `raw` holds the upstream's header (name, value) pairs as sent, `names`
+    the same names lower-cased. Hop-by-hop headers and those named in
+    `Connection` go, a `Content-Length` beside `Transfer-Encoding` or on a
+    1xx, 204 or 304 goes (as aiohttp's server drops it), `X-Request-ID`
+    takes the place of the upstream's (or comes last), then
+    `Transfer-Encoding: chunked` when no length is known and `Date` when the
+    upstream sent none. Names, values and order are kept as sent. The status
+    line is HTTP/1.1: only HTTP/1.1 clients get here (`proxy._fastlane`).
+    """
     drop = _LOWER_HOP_BY_HOP
     if b"connection" in names:
         drop = _dropped_by_connection(drop, names, raw)
-    code = message.code
     informational = code < 200  # noqa: PLR2004
     empty = method == "HEAD" or informational or code in _NO_BODY_STATUSES
     drop_length = b"transfer-encoding" in names or informational or code in _NO_BODY_STATUSES
-    reason = message.reason.encode("utf-8", "surrogateescape")
     lines = [b"HTTP/1.1 %d %b\r\n" % (code, reason)]
     has_length = has_date = has_id = False
     for lname, (name, value) in zip(names, raw, strict=True):

@@ -106,7 +106,7 @@ class _PoolCollector(Collector):
 
 
 class _InFlightCollector(Collector):
-    """`ProxyMetrics.in_flight` and `fast_lane_requests`, read at scrape time."""
+    """`ProxyMetrics.in_flight` and the fast lane's counters, read at scrape time."""
 
     def __init__(self, metrics: ProxyMetrics) -> None:
         self._metrics = metrics
@@ -119,6 +119,11 @@ class _InFlightCollector(Collector):
             "club_proxy_fast_lane_requests",
             "Requests relayed by the fast lane (the rest went through aiohttp's web layer).",
             value=self._metrics.fast_lane_requests,
+        )
+        yield CounterMetricFamily(
+            "club_proxy_fast_lane_plain_answers",
+            "Fast-lane answers read past aiohttp's parser (plain HTTP/1.1 with a Content-Length).",
+            value=self._metrics.fast_lane_plain_answers,
         )
 
 
@@ -178,6 +183,7 @@ class ProxyMetrics:
         # inc/dec take a lock each, twice per request.
         self.in_flight = 0
         self.fast_lane_requests = 0
+        self.fast_lane_plain_answers = 0
         self.registry.register(_InFlightCollector(self))
 
     def watch_reloads(self, watcher: RoutesWatcher) -> None:
