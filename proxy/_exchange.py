@@ -14,8 +14,6 @@ from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.helpers import _EXC_SENTINEL
 
-from proxy._plainanswer import PlainAnswer, read_plain_answer
-
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -46,10 +44,10 @@ class ResponseProtocol(ResponseHandler):
     `sink_failed` soon after.
 
     With `expect_plain` (the fast lane once more), the first read of the
-    answer goes to `read_plain_answer` before any aiohttp parser exists: a
-    plain answer whose body fits in that read (or is then relayed by a sink)
-    never meets aiohttp's parser, and anything else goes to a parser made
-    then, exactly as if it had been there all along.
+    answer goes to the `plain` callback before any aiohttp parser exists
+    (`proxy._plainanswer`): when it takes the answer, aiohttp's parser never
+    sees it; when it does not, a parser is made then and reads the same
+    bytes, exactly as if it had been there all along.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -60,20 +58,20 @@ class ResponseProtocol(ResponseHandler):
         self._deadline: float | None = None
         self.sink: Callable[[bytes], None] | None = None
         self.sink_failed: Callable[[BaseException], None] | None = None
-        self.plain: Callable[[PlainAnswer, bytes], None] | None = None
+        self.plain: Callable[[bytes], bool] | None = None
         self._plain_limits: ClientLimits | None = None
 
     def expect_plain(
         self,
-        on_plain: Callable[[PlainAnswer, bytes], None],
+        on_plain: Callable[[bytes], bool],
         *,
         read_timeout: float | None,
         limits: ClientLimits,
     ) -> None:
-        """Read the next answer with `read_plain_answer` first; `on_plain` gets it if plain.
+        """Offer the next answer's first read to `on_plain`, which says whether it took it.
 
         For a request whose answer has a body (not HEAD). The listener sees
-        the answer only when it is not plain.
+        the answer only when `on_plain` did not take it.
         """
         self.answered = False
         self.plain = on_plain
@@ -109,21 +107,10 @@ class ResponseProtocol(ResponseHandler):
         self.answered = True
         if (plain := self.plain) is not None:
             self.plain = None
+            if plain(data):
+                return
             limits = self._plain_limits
             assert limits is not None  # noqa: S101 - set with `plain`
-            answer = read_plain_answer(
-                data,
-                max_line_size=limits.max_line_size,
-                max_field_size=limits.max_field_size,
-                max_headers=limits.max_headers,
-            )
-            # Bytes past the body would be an answer nobody asked for: the
-            # parser's path sees them and closes the connection.
-            if answer is not None and len(data) - answer.body_start <= answer.length:
-                if answer.close:
-                    self._should_close = True
-                plain(answer, data)
-                return
             _expect_answer(self, "GET", self._read_timeout, limits)
             self.answered = True
         super().data_received(data)
@@ -229,7 +216,7 @@ class Exchange:
         *,
         chunked: bool,
         read_timeout: float | None,
-        plain: Callable[[PlainAnswer, bytes], None] | None = None,
+        plain: Callable[[bytes], bool] | None = None,
     ) -> None:
         """Write the head (and what is here of the body); stream the rest in a task.
 

@@ -31,15 +31,10 @@ from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 from proxy._dispatch import CLIENT_CLOSED, route_timeout
 from proxy._exchange import Exchange, is_interim
 from proxy._laneanswer import copy_body, error_answer, frame, http_date
+from proxy._plainanswer import plain_answer
 from proxy._upstream_client import IDEMPOTENT
 from proxy.forward import UPSTREAM_FAILURES, upstream_failure
-from proxy.headers import (
-    Framing,
-    client_head,
-    request_id_from,
-    response_head,
-    upstream_request_head,
-)
+from proxy.headers import Framing, request_id_from, response_head, upstream_request_head
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -51,7 +46,6 @@ if TYPE_CHECKING:
     from proxy._dispatch import Proxy
     from proxy._exchange import ResponseProtocol
     from proxy._fastlane import FastLane
-    from proxy._plainanswer import PlainAnswer
     from proxy.model import Route, Upstream
 
 __all__ = ["LaneCall"]
@@ -206,37 +200,42 @@ class LaneCall:
 
     # --- a plain answer, past the parser ------------------------------------------------
 
-    def _on_plain(self, answer: PlainAnswer, data: bytes) -> None:
-        """The connection's `plain` callback: a plain answer head, with `data` holding it."""
+    def _on_plain(self, data: bytes) -> bool:
+        """The connection's `plain` callback: relay a plain answer, or say it is not one."""
         try:
-            self._relay_plain(answer, data)
+            return self._relay_plain(data)
         except Exception as exc:
             self.broke(exc)
+            return True
 
-    def _relay_plain(self, answer: PlainAnswer, data: bytes) -> None:
+    def _relay_plain(self, data: bytes) -> bool:
         """Relay a plain answer: whole in one write, or its head and a sink for the rest."""
         exchange = self._exchange
         if exchange is None:
-            return
-        proto = exchange.proto
-        proto.listener = None
-        self._plain = True
-        self._proxy.metrics.fast_lane_plain_answers += 1
-        head, _ = client_head(
-            answer.code,
-            answer.reason,
-            answer.raw,
-            answer.names,
-            method=self._message.method,
+            return False
+        answer = plain_answer(
+            data,
             request_id=self._rid.encode(),
             date=http_date(),
+            max_head=self._pool.client.max_plain_head,
         )
+        if answer is None or len(data) - answer.body_start > answer.length:
+            # Not plain, or bytes past the body (an answer nobody asked for):
+            # aiohttp's parser decides, as for any other answer.
+            return False
+        proto = exchange.proto
+        proto.listener = None
+        if answer.close:
+            proto.force_close()
+        self._plain = True
+        self._proxy.metrics.fast_lane_plain_answers += 1
         start = answer.body_start
         here = len(data) - start
         self._code = answer.code
         self._sent = here
         self._remaining = answer.length - here
         # One copy of the body bytes, however many there are.
+        head = answer.head
         sent = self._lane.write(b"".join((head, memoryview(data)[start:])) if here else head)
         if self._remaining == 0:
             exchange.finish_plain()
@@ -246,6 +245,7 @@ class LaneCall:
             self._complete(self._code, here, "client", None)
         else:
             self._sink_rest(proto)
+        return True
 
     # --- a body of known length, past the parser ---------------------------------------
 

@@ -115,6 +115,12 @@ class ConnectionPool:
         self.limit = limit
         self.keepalive_timeout = keepalive_timeout
         self.limits = limits
+        # A plain answer's head (`proxy._plainanswer`) is at most this long: no
+        # line of it can then exceed the parser's line and field limits, nor
+        # its line count the header limit (a header line is 6 bytes or more).
+        self.max_plain_head = min(
+            limits.max_line_size, limits.max_field_size, 6 * limits.max_headers
+        )
         # Most recently used last: hot connections are reused first.
         self._idle: deque[tuple[ResponseProtocol, float]] = deque()
         self._slots = _Slots(limit)

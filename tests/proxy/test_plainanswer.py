@@ -1,11 +1,11 @@
-"""The fast lane's strict answer reader never reads a message differently from llhttp.
+"""The fast lane's plain-answer reader never reads a message differently from llhttp.
 
-`read_plain_answer` may refuse anything (the caller then uses aiohttp's
-parser on the same bytes), but what it accepts must be exactly what
-aiohttp's own C parser makes of those bytes: code, reason, header names and
-values in order, body length and keep-alive. Hand-written cases cover each
-refusal; a seeded mutation run compares the two readers on thousands of
-near-miss heads.
+`plain_answer` may refuse anything (the caller then uses aiohttp's parser
+and `client_head` on the same bytes), but what it accepts must be exactly
+what aiohttp's own C parser makes of those bytes (code, body length,
+keep-alive), and its client head must be byte for byte what `client_head`
+builds from that parse. Hand-written cases cover each refusal; a seeded
+mutation run compares the two on thousands of near-miss heads.
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ from typing import Any
 import pytest
 from aiohttp.http_parser import HttpResponseParser
 
-from proxy._plainanswer import PlainAnswer, read_plain_answer
+from proxy._plainanswer import PlainAnswer, plain_answer
+from proxy.headers import client_head
 
 LIMITS: dict[str, int] = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 32}
+MAX_HEAD = 6 * LIMITS["max_headers"] + 200
+REQUEST_ID = b"rid-1"
+DATE = b"Thu, 26 Nov 2026 19:40:00 GMT"
 
 NGINX = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 19:40:00 GMT\r\n"
@@ -66,7 +70,7 @@ def _llhttp(data: bytes) -> tuple[Any, bytes] | None:
 
 
 def _read(data: bytes) -> PlainAnswer | None:
-    return read_plain_answer(data, **LIMITS)
+    return plain_answer(data, request_id=REQUEST_ID, date=DATE, max_head=MAX_HEAD)
 
 
 def _assert_same(data: bytes, answer: PlainAnswer) -> None:
@@ -77,20 +81,32 @@ def _assert_same(data: bytes, answer: PlainAnswer) -> None:
     assert parsed is not None, f"llhttp refuses what the plain reader took: {data!r}"
     message, body = parsed
     assert message.code == answer.code
-    assert message.reason.encode("utf-8", "surrogateescape") == answer.reason
-    assert message.raw_headers == answer.raw
-    assert [name.lower() for name, _ in message.raw_headers] == answer.names
     assert message.should_close == answer.close
     assert not message.chunked
     assert int(message.headers["Content-Length"]) == answer.length
     assert data[answer.body_start : answer.body_start + answer.length] == body[: answer.length]
+    raw = message.raw_headers
+    expected, _ = client_head(
+        message.code,
+        message.reason.encode("utf-8", "surrogateescape"),
+        raw,
+        [name.lower() for name, _ in raw],
+        method="GET",
+        request_id=REQUEST_ID,
+        date=DATE,
+    )
+    assert answer.head == expected
 
 
 def test_a_typical_nginx_answer_is_read_like_llhttp() -> None:
     answer = _read(NGINX)
     assert answer is not None
-    assert (answer.code, answer.reason, answer.length, answer.close) == (200, b"OK", 5, False)
-    assert answer.names[:2] == [b"server", b"date"]
+    assert (answer.code, answer.length, answer.close) == (200, 5, False)
+    assert answer.head == (
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 19:40:00 GMT\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: 5\r\n"
+        b'ETag: "6a1b2c3d-c8"\r\nAccept-Ranges: bytes\r\nX-Request-ID: rid-1\r\n\r\n'
+    )
     assert NGINX[answer.body_start :] == b"hello"
     _assert_same(NGINX, answer)
 
@@ -99,15 +115,22 @@ def test_a_typical_nginx_answer_is_read_like_llhttp() -> None:
     "data",
     [
         b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        (
+            b"HTTP/1.1 200 OK\r\nX-Request-ID: theirs\r\nA: 1\r\nx-request-id: again\r\n"
+            b"Content-Length: 2\r\n\r\nhi"
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nTE: x\r\n"
+            b"Trailer: y\r\nUpgrade: h2c\r\nProxy-Connection: z\r\n\r\nhi"
+        ),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Te: kept\r\nDates: kept\r\n\r\nhi",
         b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\nhi",
         b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 2\r\n\r\nhi",
-        b"HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 2\r\n\r\nhi",
-        b"HTTP/1.1 200 OK\r\nX-Tab:\tv\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX-Tab: a\tb\r\nContent-Length: 2\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\nContent-Length: 2\r\n\r\nhi",
-        b"HTTP/1.1 200 OK\r\nConnection: closed\r\nContent-Length: 2\r\n\r\nhi",
-        b"HTTP/1.1 200 OK\r\ncontent-length:2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nContent-Length: 007\r\n\r\nhi",  # body still to come
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nh",  # body still to come
     ],
@@ -147,6 +170,14 @@ def test_accepted_answers_read_as_llhttp_reads_them(data: bytes) -> None:
         b"HTTP/1.1 200 OK\r\nX(y): 1\r\nContent-Length: 2\r\n\r\nhi",  # not a token
         b"HTTP/1.1 200 OK\r\n: novalue\r\nContent-Length: 2\r\n\r\nhi",
         b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nhi",
+        # Legal, but not normalised already: the general path re-forms these.
+        b"HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX-Tab:\tv\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\ncontent-length:2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX:  two-spaces\r\nContent-Length: 2\r\n\r\nhi",
+        # A Connection token naming another header: the general rules drop it.
+        b"HTTP/1.1 200 OK\r\nConnection: closed\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nContent-Length: 2\r\n\r\nhi",
         b"http/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
     ],
 )
@@ -154,13 +185,9 @@ def test_anything_unusual_is_left_to_aiohttps_parser(data: bytes) -> None:
     assert _read(data) is None
 
 
-def test_limits_are_never_exceeded() -> None:
-    many = b"".join(b"X-%d: v\r\n" % i for i in range(LIMITS["max_headers"] + 1))
-    assert _read(b"HTTP/1.1 200 OK\r\n" + many + b"Content-Length: 0\r\n\r\n") is None
-    long_field = b"X: " + b"v" * LIMITS["max_field_size"] + b"\r\n"
-    assert _read(b"HTTP/1.1 200 OK\r\n" + long_field + b"Content-Length: 0\r\n\r\n") is None
-    long_reason = b"HTTP/1.1 200 " + b"K" * LIMITS["max_line_size"] + b"\r\n"
-    assert _read(long_reason + b"Content-Length: 0\r\n\r\n") is None
+def test_a_head_longer_than_the_limit_is_left_to_the_parser() -> None:
+    filler = b"X-Fill: " + b"v" * MAX_HEAD + b"\r\n"
+    assert _read(b"HTTP/1.1 200 OK\r\n" + filler + b"Content-Length: 0\r\n\r\n") is None
 
 
 _ALPHABET = (b"\r", b"\n", b" ", b"\t", b":", b",", b"\x00", b"\x7f", b"\xff", b"0", b"9", b"a")
