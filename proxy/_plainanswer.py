@@ -52,6 +52,9 @@ _NO_BODY: Final = frozenset({b"204", b"304"})
 _MAX_LENGTH_DIGITS: Final = 15
 _KEEP_ALIVE: Final = b"keep-alive"
 _CLOSE: Final = b"close"
+_COMMON: Final = frozenset({b"content-length", b"date", b"connection"})
+# Builds the named tuple in C: its generated __new__ is a Python call.
+_new_answer: Final = tuple.__new__
 
 
 class PlainAnswer(NamedTuple):
@@ -69,7 +72,7 @@ class PlainAnswer(NamedTuple):
     body_start: int
 
 
-def plain_answer(  # noqa: C901, PLR0911, PLR0912 - one pass, one refusal each
+def plain_answer(
     data: bytes, *, request_id: bytes, date: bytes, max_head: int
 ) -> PlainAnswer | None:
     """The answer at the start of `data` when it is plain, with its client head; None otherwise.
@@ -84,20 +87,71 @@ def plain_answer(  # noqa: C901, PLR0911, PLR0912 - one pass, one refusal each
     if _HEAD.fullmatch(data, 0, head_end) is None:
         return None
     head = data[:head_end]
+    lower = head.lower()
+    found = _SPECIAL.findall(lower)
+    if _COMMON.issuperset(found) and found.count(b"content-length") == 1:
+        # What nginx and aiohttp send: a length, maybe a Date and `Connection:
+        # keep-alive`, nothing else the rules touch. One `find` per line.
+        read = _common(head, lower, found, request_id, date)
+    else:
+        read = _general(head, lower, request_id, date)
+    if read is None:
+        return None
+    client_head, length, close = read
+    return _new_answer(PlainAnswer, (client_head, int(data[9:12]), length, close, end + 4))
+
+
+def _length(value: bytes) -> int:
+    """A `Content-Length` value, or -1 when it is not plain digits."""
+    if not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+        return -1
+    return int(value)
+
+
+def _common(
+    head: bytes, lower: bytes, found: list[bytes], request_id: bytes, date: bytes
+) -> tuple[bytes, int, bool] | None:
+    """`_general` for a head whose special lines are a length and at most a Date and a Connection."""
+    at = lower.find(b"\r\ncontent-length: ") + 18
+    length = _length(head[at : head.find(b"\r\n", at)])
+    if length < 0:
+        return None
+    close = False
+    if b"connection" in found:
+        if found.count(b"connection") > 1:
+            return None
+        line = lower.find(b"\r\nconnection: ") + 2
+        value_end = head.find(b"\r\n", line)
+        value = lower[line + 12 : value_end]
+        if value == _CLOSE:
+            close = True
+        elif value != _KEEP_ALIVE:
+            return _general(head, lower, request_id, date)
+        head = head[:line] + head[value_end + 2 :]
+    date_line = b"" if b"date" in found else b"Date: %b\r\n" % date
+    client_head = b"%bX-Request-ID: %b\r\n%b\r\n" % (head, request_id, date_line)
+    return client_head, length, close
+
+
+def _general(  # noqa: C901, PLR0912 - one pass, one refusal each
+    head: bytes, lower: bytes, request_id: bytes, date: bytes
+) -> tuple[bytes, int, bool] | None:
+    """The client head, body length and `close` of a validated plain head; None if not plain."""
     pieces: list[bytes] = []
     start = 0  # the head's bytes from here on are still to be copied
     length = -1
     close = has_id = has_date = False
-    for special in _SPECIAL.finditer(head.lower()):
+    for special in _SPECIAL.finditer(lower):
         name = special[1]
         line = special.start() + 2
         value_at = special.end()
         value_end = head.find(b"\r\n", value_at)
         if name == b"content-length":
-            value = head[value_at:value_end]
-            if length >= 0 or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+            if length >= 0:
                 return None
-            length = int(value)
+            length = _length(head[value_at:value_end])
+            if length < 0:
+                return None
             continue
         if name == b"date":
             has_date = True
@@ -105,7 +159,7 @@ def plain_answer(  # noqa: C901, PLR0911, PLR0912 - one pass, one refusal each
         if name == b"transfer-encoding":
             return None
         if name == b"connection":
-            for token in head[value_at:value_end].lower().split(b","):
+            for token in lower[value_at:value_end].split(b","):
                 token = token.strip(b" \t")  # noqa: PLW2901 - the same token, trimmed
                 if token == _CLOSE:
                     close = True
@@ -125,10 +179,4 @@ def plain_answer(  # noqa: C901, PLR0911, PLR0912 - one pass, one refusal each
     if not has_date:
         pieces.append(b"Date: %b\r\n" % date)
     pieces.append(b"\r\n")
-    return PlainAnswer(
-        head=b"".join(pieces),
-        code=int(data[9:12]),
-        length=length,
-        close=close,
-        body_start=end + 4,
-    )
+    return b"".join(pieces), length, close

@@ -94,6 +94,7 @@ class ForwardingPolicy:
     trusted: tuple[IPNetwork, ...] = ()
     pseudonym: str = "club-proxy"
     via: str = field(init=False)
+    via_bytes: bytes = field(init=False, repr=False, compare=False)
     _trust_cache: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +102,7 @@ class ForwardingPolicy:
             msg = f"Via pseudonym {self.pseudonym!r} must match [A-Za-z0-9._-]{{1,128}}"
             raise ValueError(msg)
         object.__setattr__(self, "via", f"1.1 {self.pseudonym}")
+        object.__setattr__(self, "via_bytes", self.via.encode())
         object.__setattr__(self, "_trust_cache", {})
 
     @classmethod
@@ -209,15 +211,8 @@ def _connection_token_bytes(values: Iterable[bytes]) -> frozenset[bytes]:
 _token_cache: dict[tuple[bytes, ...], frozenset[bytes]] = {}
 
 
-def _dropped_by_connection(
-    drop: frozenset[bytes], names: list[bytes], raw: tuple[tuple[bytes, bytes], ...]
-) -> frozenset[bytes]:
-    """`drop` plus the header names the `Connection` fields of `raw` list."""
-    first = names.index(b"connection")
-    if names.count(b"connection") == 1:
-        values: tuple[bytes, ...] = (raw[first][1],)
-    else:
-        values = tuple(v for n, (_, v) in zip(names, raw, strict=True) if n == b"connection")
+def _tokens(values: tuple[bytes, ...]) -> frozenset[bytes]:
+    """The lower-cased header names `Connection` values list (Host and Content-Length never)."""
     tokens = _token_cache.get(values)
     if tokens is None:
         tokens = _connection_token_bytes(values)
@@ -227,10 +222,49 @@ def _dropped_by_connection(
             if len(_token_cache) >= _TRUST_CACHE_SIZE:
                 _token_cache.clear()
             _token_cache[values] = tokens
+    return tokens
+
+
+def _dropped_by_connection(
+    drop: frozenset[bytes], names: list[bytes], raw: tuple[tuple[bytes, bytes], ...]
+) -> frozenset[bytes]:
+    """`drop` plus the header names the `Connection` fields of `raw` list."""
+    first = names.index(b"connection")
+    if names.count(b"connection") == 1:
+        values: tuple[bytes, ...] = (raw[first][1],)
+    else:
+        values = tuple(v for n, (_, v) in zip(names, raw, strict=True) if n == b"connection")
+    tokens = _tokens(values)
     return drop if tokens <= drop else drop | tokens
 
 
-def upstream_request_head(  # noqa: C901, PLR0912 - one pass over the headers, kept in one place
+# What `upstream_request_head` does with each request header, by lower-cased
+# name: one dict lookup per header; names not listed are passed on as sent.
+_DROP: Final = 0
+_HOST: Final = 1
+_VIA: Final = 2
+_XFF: Final = 3
+_XFP: Final = 4
+_XFH: Final = 5
+_LENGTH: Final = 6
+_CONNECTION: Final = 7
+_TRUSTED_KINDS: Final[dict[bytes, int]] = {
+    **dict.fromkeys(_LOWER_DROP, _DROP),
+    b"connection": _CONNECTION,
+    b"host": _HOST,
+    b"via": _VIA,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XFP,
+    b"x-forwarded-host": _XFH,
+    b"content-length": _LENGTH,
+}
+_UNTRUSTED_KINDS: Final[dict[bytes, int]] = {
+    **_TRUSTED_KINDS,
+    **dict.fromkeys(_LOWER_FORWARDING, _DROP),
+}
+
+
+def upstream_request_head(
     method: str,
     target: str,
     raw_headers: tuple[tuple[bytes, bytes], ...],
@@ -244,9 +278,6 @@ def upstream_request_head(  # noqa: C901, PLR0912 - one pass over the headers, k
 ) -> tuple[bytes, bool]:
     """The request head to send upstream as bytes, and whether the body goes chunked.
 
-    Long because it is one pass over the raw headers on every request's path:
-    split up, it would cost calls for nothing.
-
     The same rules as `upstream_request_headers`, applied to the client's raw
     header bytes, so names, values and order reach the upstream exactly as
     sent: `Host` first (RFC 9112 §3.2; `default_host` when an HTTP/1.0 client
@@ -256,47 +287,77 @@ def upstream_request_head(  # noqa: C901, PLR0912 - one pass over the headers, k
     unknown length, or `Content-Length: 0` for a bodiless POST, PUT, PATCH,
     DELETE or unknown method. `target` must be the raw request target.
     """
-    names = [name.lower() for name, _ in raw_headers]
-    trusted = policy.is_trusted(peer)
-    drop = _LOWER_DROP if trusted else _LOWER_DROP_UNTRUSTED
-    if b"connection" in names:
-        drop = _dropped_by_connection(drop, names, raw_headers)
+    kinds = _TRUSTED_KINDS if policy.is_trusted(peer) else _UNTRUSTED_KINDS
+    via = policy.via_bytes
+    head = _request_head(
+        method, target, raw_headers, kinds, via, peer, scheme, request_id, default_host, body
+    )
+    if head is None:
+        # A `Connection` field names headers to drop beyond the usual ones
+        # (rare): once more, with those dropped too, wherever they stand.
+        values = tuple(v for n, v in raw_headers if n.lower() == b"connection")
+        kinds = {**kinds, **dict.fromkeys(_tokens(values), _DROP)}
+        head = _request_head(
+            method, target, raw_headers, kinds, via, peer, scheme, request_id, default_host, body
+        )
+        assert head is not None  # noqa: S101 - every listed name is dropped now
+    return head
+
+
+def _request_head(  # noqa: C901, PLR0912, PLR0917 - one pass over the headers, on every request's path
+    method: str,
+    target: str,
+    raw_headers: tuple[tuple[bytes, bytes], ...],
+    kinds: dict[bytes, int],
+    via_ours: bytes,
+    peer: str | None,
+    scheme: str,
+    request_id: str,
+    default_host: str,
+    body: bool,  # noqa: FBT001 - private, positional for speed
+) -> tuple[bytes, bool] | None:
+    """`upstream_request_head` with the drop rules in `kinds`; None when a
+    `Connection` field names a header `kinds` does not drop."""
     host: bytes | None = None
     via: list[bytes] = []
     xff: list[bytes] = []
     has_length = has_proto = has_fhost = False
     lines = [f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape"), b""]
-    for lname, (name, value) in zip(names, raw_headers, strict=True):
-        if lname in drop:
+    for name, value in raw_headers:
+        kind = kinds.get(name.lower())
+        if kind is None:
+            lines += (name, b": ", value, b"\r\n")
+        elif kind == _DROP:
             continue
-        if lname == b"host":
+        elif kind == _HOST:
             host = value
-            continue
-        if lname == b"via":
+        elif kind == _VIA:
             via.append(value)
-            continue
-        if lname == b"x-forwarded-for":
+        elif kind == _XFF:
             # Only from a trusted peer (dropped otherwise): extended below.
             xff.append(value)
-            continue
-        if lname == b"content-length":
-            has_length = True
-        elif lname == b"x-forwarded-proto":
-            has_proto = True
-        elif lname == b"x-forwarded-host":
-            has_fhost = True
-        lines.append(b"%b: %b\r\n" % (name, value))
+        elif kind == _CONNECTION:
+            if any(kinds.get(token) != _DROP for token in _tokens((value,))):
+                return None
+        else:
+            if kind == _LENGTH:
+                has_length = True
+            elif kind == _XFP:
+                has_proto = True
+            else:
+                has_fhost = True
+            lines += (name, b": ", value, b"\r\n")
     lines[1] = b"Host: %b\r\n" % (host if host is not None else default_host.encode("idna"))
-    via.append(policy.via.encode())
-    lines.append(b"Via: %b\r\n" % b", ".join(via))
+    via.append(via_ours)
+    lines += (b"Via: ", b", ".join(via), b"\r\n")
     if peer is not None:
         xff.append(peer.encode())
-        lines.append(b"X-Forwarded-For: %b\r\n" % b", ".join(xff))
+        lines += (b"X-Forwarded-For: ", b", ".join(xff), b"\r\n")
     if not has_proto:
-        lines.append(b"X-Forwarded-Proto: %b\r\n" % scheme.encode())
+        lines += (b"X-Forwarded-Proto: ", scheme.encode(), b"\r\n")
     if not has_fhost and host is not None:
-        lines.append(b"X-Forwarded-Host: %b\r\n" % host)
-    lines.append(b"X-Request-ID: %b\r\n" % request_id.encode())
+        lines += (b"X-Forwarded-Host: ", host, b"\r\n")
+    lines += (b"X-Request-ID: ", request_id.encode(), b"\r\n")
     chunked = body and not has_length
     if chunked:
         lines.append(b"Transfer-Encoding: chunked\r\n")
