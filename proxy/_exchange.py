@@ -97,7 +97,7 @@ class ResponseProtocol(ResponseHandler):
 
     def stop_timeout(self) -> None:
         """The answer is all here (a plain answer read past the parser)."""
-        self._drop_timeout()
+        self._deadline = None  # what _drop_timeout does, without the call
 
     def data_received(self, data: bytes) -> None:
         if (sink := self.sink) is not None:
@@ -163,6 +163,9 @@ class ResponseProtocol(ResponseHandler):
             if handle is not None:
                 handle.cancel()
             self._read_timeout_handle = loop.call_at(deadline, self._check_deadline)
+
+    # aiohttp's start_timeout only calls _reschedule_timeout: skip the hop.
+    start_timeout = _reschedule_timeout
 
     def _drop_timeout(self) -> None:
         self._deadline = None

@@ -201,7 +201,11 @@ class LaneCall:
     # --- a plain answer, past the parser ------------------------------------------------
 
     def _on_plain(self, data: bytes) -> bool:
-        """The connection's `plain` callback: relay a plain answer, or say it is not one."""
+        """The connection's `plain` callback: relay a plain answer, or say it is not one.
+
+        A plain answer goes whole in one write, or its head now and the rest
+        of the body through a sink.
+        """
         try:
             return self._relay_plain(data)
         except Exception as exc:
@@ -209,7 +213,6 @@ class LaneCall:
             return True
 
     def _relay_plain(self, data: bytes) -> bool:
-        """Relay a plain answer: whole in one write, or its head and a sink for the rest."""
         exchange = self._exchange
         if exchange is None:
             return False

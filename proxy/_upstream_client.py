@@ -166,7 +166,7 @@ class ConnectionPool:
         Raises TimeoutError (connect, pool wait or first read), UpstreamUnreachable,
         or aiohttp's ClientError / HttpProcessingError for a broken answer.
         """
-        loop = self._get_loop()
+        loop = self._loop or self._get_loop()
         deadline = None if connect_timeout is None else loop.time() + connect_timeout
         retry = may_retry and body is None and method in IDEMPOTENT
         while True:
@@ -220,7 +220,7 @@ class ConnectionPool:
         idle = self._idle
         if not idle:
             return None
-        expired = self._get_loop().time() - self.keepalive_timeout
+        expired = (self._loop or self._get_loop()).time() - self.keepalive_timeout
         while idle:
             proto, since = idle.pop()
             # `answered` while idle: the upstream sent bytes no request asked
@@ -235,7 +235,7 @@ class ConnectionPool:
         if self._closed:
             msg = "the upstream pool is closed"
             raise UpstreamUnreachable(msg)
-        loop = self._get_loop()
+        loop = self._loop or self._get_loop()
         try:
             async with asyncio.timeout_at(deadline):
                 _, proto = await loop.create_connection(
@@ -256,7 +256,7 @@ class ConnectionPool:
         try:
             if reuse and not self._closed and not proto.should_close and proto.is_connected():
                 proto.answered = False
-                loop = self._get_loop()
+                loop = self._loop or self._get_loop()
                 self._idle.append((proto, loop.time()))
                 if self._sweep is None:
                     self._sweep = loop.call_later(self.keepalive_timeout, self._expire)
@@ -273,7 +273,7 @@ class ConnectionPool:
 
     def _expire(self) -> None:
         self._sweep = None
-        loop = self._get_loop()
+        loop = self._loop or self._get_loop()
         expired = loop.time() - self.keepalive_timeout
         idle = self._idle
         while idle and idle[0][1] < expired:

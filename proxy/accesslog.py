@@ -64,24 +64,20 @@ def redact_query(query: str) -> str:
 
 
 class _Clock:
-    """ISO-8601 UTC timestamps with milliseconds; the seconds part is formatted once a second."""
+    """ISO-8601 UTC timestamps with milliseconds, as bytes; the seconds part is formatted once a second."""
 
     __slots__ = ("_prefix", "_second")
 
     def __init__(self) -> None:
         self._second = -1
-        self._prefix = ""
+        self._prefix = b""
 
-    def stamp(self, now: float) -> str:
+    def stamp(self, now: float) -> bytes:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
-
-    def stamp_bytes(self, now: float) -> bytes:
-        """`stamp` as ASCII bytes."""
-        return self.stamp(now).encode()
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        return b"%b.%03dZ" % (self._prefix, int((now - second) * 1000))
 
 
 class AccessLog:
@@ -148,7 +144,7 @@ class AccessLog:
             self._append(
                 _LINE
                 % (
-                    self._clock.stamp_bytes(time.time()),
+                    self._clock.stamp(time.time()),
                     request_id.encode(),
                     route.encode(),
                     target.encode(),
