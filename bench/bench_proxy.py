@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import _instructions
 from bench._results import markdown_table, record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,14 +157,23 @@ def make_files(tmp: Path) -> None:
         huge.truncate(GIB)
 
 
-def start_club_proxy(tmp: Path, port: int, upstream: int, *extra: str) -> subprocess.Popen[bytes]:
+def club_proxy_command(
+    tmp: Path, port: int, *, upstream: int, extra: tuple[str, ...] = ()
+) -> list[str]:
     routes = tmp / "routes.yaml"
     routes.write_text(ROUTES.format(upstream=upstream))
     exe = Path(sys.executable).with_name("club-proxy")
     cmd = [str(exe), "run", "--routes", str(routes), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--admin-port", "0", "--workers", "1", "--log-level", "WARNING", *extra]
+    return [*cmd, "--admin-port", "0", "--workers", "1", "--log-level", "WARNING", *extra]
+
+
+def start_club_proxy(tmp: Path, port: int, upstream: int, *extra: str) -> subprocess.Popen[bytes]:
     # Access log left ON (the default), written to /dev/null: its cost is real.
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        club_proxy_command(tmp, port, upstream=upstream, extra=extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 # --- wrk ------------------------------------------------------------------------
@@ -483,6 +494,19 @@ def main() -> None:
             for index, target in ((2, "club-proxy"), (3, "aiohttp-path"))
         }
         split = perf_split(club, f"http://127.0.0.1:{ports['club-proxy']}/small")
+        instructions = None
+        if _instructions.available():
+            print("instructions per request (callgrind)", flush=True)
+            instructions = {
+                target: _instructions.instructions_per_request(
+                    functools.partial(
+                        club_proxy_command, tmp, upstream=ports["direct"], extra=extra
+                    ),
+                    "/small",
+                    tmp,
+                )
+                for target, extra in (("club-proxy", ()), ("aiohttp-path", ("--no-fast-lane",)))
+            }
         prof = None
         if PROFILE and spy.exists():
             print("profile (py-spy)", flush=True)
@@ -492,7 +516,16 @@ def main() -> None:
             )
     record(
         "proxy",
-        report(cells, one, mem_rows, prof, spy_available=spy.exists(), cpu=cpu, split=split),
+        report(
+            cells,
+            one,
+            mem_rows,
+            prof,
+            spy_available=spy.exists(),
+            cpu=cpu,
+            split=split,
+            instructions=instructions,
+        ),
     )
 
 
@@ -505,6 +538,7 @@ def report(
     spy_available: bool,
     cpu: dict[str, float],
     split: list[list[str]] | None,
+    instructions: dict[str, float] | None,
 ) -> str:
     d, n, p, a = (one[t] for t in TARGETS)
     parts = [
@@ -561,6 +595,28 @@ def report(
             ],
         )
     )
+    if instructions is not None:
+        parts.append(
+            "### CPU instructions per proxied 200 B request "
+            "(valgrind callgrind, user space, sequential keep-alive requests)"
+        )
+        parts.append(
+            markdown_table(
+                ["server", "instructions per request", "vs aiohttp path"],
+                [
+                    [
+                        "club-proxy (fast lane)",
+                        f"**{instructions['club-proxy']:,.0f}**",
+                        ratio(instructions["club-proxy"], instructions["aiohttp-path"]),
+                    ],
+                    [
+                        "club-proxy --no-fast-lane",
+                        f"{instructions['aiohttp-path']:,.0f}",
+                        "1.00x",
+                    ],
+                ],
+            )
+        )
     if split is not None:
         parts.append("### Where club-proxy's CPU goes, 200 B (perf record -e cpu-clock, by binary)")
         parts.append(markdown_table(["binary", "share of samples"], split))
