@@ -10,7 +10,7 @@ is recorded in `received`; the answer depends on the path:
     /bigcookie          one 12 KiB Set-Cookie line
     /big?size=N         N bytes, Content-Length framed (HEAD: the header, no body)
     /chunked?size=N     N bytes, chunked, in 64 KiB chunks
-    /stream?size=N      N bytes chunked, flushed chunk by chunk with a pause
+    /stream?size=N      N bytes chunked, flushed chunk by chunk with a pause (&pause=S, 0.01)
     /die?size=N         promises 2N bytes with Content-Length, sends N, closes
     /die-chunked?size=N sends N bytes chunked, then closes without the last chunk
     /status/NNN         that status, no body (a 304 carries a stray Transfer-Encoding)
@@ -186,7 +186,7 @@ class EchoUpstream:
                 await self._stream(writer, reader, size, chunked=False, pause=0)
         elif path in {"/chunked", "/stream"}:
             writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            pause = 0.01 if path == "/stream" else 0
+            pause = float(query.get("pause", "0.01")) if path == "/stream" else 0
             await self._stream(writer, reader, size, chunked=True, pause=pause)
             writer.write(b"0\r\n\r\n")
         elif path == "/hold":

@@ -74,14 +74,19 @@ async def _heads(reader: asyncio.StreamReader, seen: list[bytes]) -> AsyncIterat
 
 
 def _proxy(
-    tmp_path: Path, port: int, *, read_timeout: str | None = None, fast_lane: bool = True
+    tmp_path: Path,
+    port: int,
+    *,
+    read_timeout: str | None = None,
+    fast_lane: bool = True,
+    routes_yaml: str = "[]",
 ) -> web.Application:
     timeout = f", read_timeout: {read_timeout}" if read_timeout else ""
     routes = tmp_path / "routes.yaml"
     routes.write_text(
         "version: 1\n"
         f'upstreams: {{legacy: {{url: "http://127.0.0.1:{port}"{timeout}}}}}\n'
-        "default: legacy\nroutes: []\n",
+        f"default: legacy\nroutes: {routes_yaml}\n",
         encoding="utf-8",
     )
     return create_app(routes_path=routes, reload_on_sighup=False, fast_lane=fast_lane)
@@ -328,7 +333,13 @@ async def test_an_upstream_stalling_mid_body_is_cut_after_the_read_timeout(
             await w.drain()
 
     async with Scripted(script) as up:
-        app = _proxy(tmp_path, up.port, read_timeout="300ms")
+        # Only /stall has the short read timeout: /warm (upstream default) must not
+        # be cut when the whole process stalls for 300 ms under CPU pressure.
+        app = _proxy(
+            tmp_path,
+            up.port,
+            routes_yaml='[{id: stall, match: "GET /stall", to: legacy, timeouts: {read: 300ms}}]',
+        )
         runner, port = await serve_proxy(app)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
@@ -363,7 +374,14 @@ async def test_an_upstream_silent_after_a_1xx_times_out(
             await w.drain()
 
     async with Scripted(script) as up:
-        app = _proxy(tmp_path, up.port, read_timeout="300ms", fast_lane=fast_lane)
+        # Only /hints has the short read timeout, so a stall of this whole
+        # process cannot cut /warm (the upstream runs in the same event loop).
+        app = _proxy(
+            tmp_path,
+            up.port,
+            fast_lane=fast_lane,
+            routes_yaml='[{id: hints, match: "GET /hints", to: legacy, timeouts: {read: 300ms}}]',
+        )
         runner, port = await serve_proxy(app)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:

@@ -62,9 +62,12 @@ async def _body(exchange: Exchange) -> bytes:
 
 
 async def test_an_answer_that_keeps_arriving_is_never_cut(pool: ConnectionPool) -> None:
-    # /stream pauses 10 ms between 64 KiB pieces: 3 MiB take well over the 200 ms timeout.
+    # /stream pauses 50 ms between 64 KiB pieces: 3 MiB take ~2.4 s, over twice the
+    # 1 s timeout, while each gap stays far below it. The upstream runs in this
+    # process's event loop, so a stall of the whole process (CPU pressure) counts
+    # against the gap: the timeout must stay well above the pause.
     size = 3 * 1024 * 1024
-    exchange = await asyncio.wait_for(_get(pool, f"/stream?size={size}", 0.2), GUARD)
+    exchange = await asyncio.wait_for(_get(pool, f"/stream?size={size}&pause=0.05", 1.0), GUARD)
     body = await asyncio.wait_for(_body(exchange), GUARD * 4)
     assert body == pattern(size)  # de-chunked by the parser
 
