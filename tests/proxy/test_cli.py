@@ -106,7 +106,10 @@ async def test_workers_share_the_port_reload_on_sighup_and_drain_on_sigterm(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with aiohttp.ClientSession() as session:
+        # Every request bounded: a hang fails here, with the proxy's log, not at
+        # pytest's global timeout.
+        limit = aiohttp.ClientTimeout(total=STARTUP)
+        async with aiohttp.ClientSession(timeout=limit) as session:
             for index in range(2):
                 await _wait_ready(session, f"http://127.0.0.1:{admin + index}/-/ready")
             for _ in range(20):
@@ -135,6 +138,13 @@ async def test_workers_share_the_port_reload_on_sighup_and_drain_on_sigterm(
             assert response.status == 200
             response.release()
         assert await asyncio.wait_for(process.wait(), STARTUP) == 0
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+        assert process.stderr is not None
+        log = (await process.stderr.read()).decode(errors="replace")
+        print(f"club-proxy's stderr:\n{log}")  # noqa: T201 - shown by pytest on failure
+        raise
     finally:
         if process.returncode is None:
             process.kill()
