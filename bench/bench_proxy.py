@@ -656,12 +656,16 @@ NOTES = """### Reading it
   the kernel (the two loopback sends, each of which also runs the receiver's TCP work
   and wakes nginx or wrk on the same two cores, and the two receives), the Python
   interpreter, and the C extensions (llhttp, uvloop, multidict). The interpreter's half is
-  spread over about 140 Python calls per request (cProfile count): aiohttp's request and
-  response parsers (header multidicts, a yarl URL, a StreamReader per answer), aiohttp's
-  client protocol and its per-read timer, our header rules, metrics and access line; no
-  single function is more than a few per cent. py-spy's blocking sampling attributes the
-  kernel time to the Python frame that made the syscall, so its tables over-weight
-  `FastLane.write` and `Exchange.send`.
+  spread over about 50 Python functions and 110 calls per request (cProfile count):
+  aiohttp's request parser (a header multidict, a yarl URL), the route match, the
+  upstream head, the plain-answer check (`proxy/_plainanswer.py`: a plain answer skips
+  aiohttp's response parser, multidict and StreamReader), the pool and its timer,
+  metrics and the access line; no single function is more than a few per cent. py-spy's
+  blocking sampling attributes the kernel time to the Python frame that made the syscall,
+  so its tables over-weight `FastLane.write` and `Exchange.send`.
+- Instructions per request (callgrind) are the steady figure for A/B work on this
+  machine: the same count comes back run after run, where req/s and CPU time swing by a
+  third between identical runs.
 - The ceiling for a Python proxy on this machine: a bare callback-only relay (aiohttp's
   parsers, no routing, header rules, metrics or log; a throwaway experiment, not part of
   this run) reached about 0.7x this nginx; the same with one task per request about

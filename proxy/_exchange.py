@@ -107,6 +107,9 @@ class ResponseProtocol(ResponseHandler):
         self.answered = True
         if (plain := self.plain) is not None:
             self.plain = None
+            # A read restarts the read timeout, as in aiohttp's data_received:
+            # a plain answer taken whole stops it (finish_plain), a sink goes on.
+            self._reschedule_timeout()
             if plain(data):
                 return
             limits = self._plain_limits

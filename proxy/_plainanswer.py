@@ -13,8 +13,9 @@ conforming parser, llhttp included, reads the same way, and checks it with
 one regular expression: an HTTP/1.1 status line with a 2xx-5xx code other
 than 204 and 304; header lines of a token, a colon, one space and a value of
 visible ASCII (tabs and spaces inside) with no trailing whitespace; exactly
-one all-digit `Content-Length`; no `Transfer-Encoding`; a `Connection` that
-says only `keep-alive` and/or `close`; the head within the configured
+one all-digit `Content-Length`; no `Transfer-Encoding` and no
+`Proxy-Connection` (llhttp reads it as `Connection`); a `Connection` that says
+only `keep-alive` and/or `close`; the head within the configured
 limits. Since such a head needs no normalising, the client's head is the
 upstream's bytes with the hop-by-hop lines cut out, `X-Request-ID` put in and
 `Date` added when missing: the rules of `proxy.headers.client_head`, applied
@@ -53,6 +54,9 @@ _MAX_LENGTH_DIGITS: Final = 15
 _KEEP_ALIVE: Final = b"keep-alive"
 _CLOSE: Final = b"close"
 _COMMON: Final = frozenset({b"content-length", b"date", b"connection"})
+# llhttp reads Proxy-Connection as Connection (`close` ends the connection):
+# like Transfer-Encoding, a head with it goes to the parser.
+_PARSER_DECIDES: Final = frozenset({b"transfer-encoding", b"proxy-connection"})
 # Builds the named tuple in C: its generated __new__ is a Python call.
 _new_answer: Final = tuple.__new__
 
@@ -156,7 +160,7 @@ def _general(  # noqa: C901, PLR0912 - one pass, one refusal each
         if name == b"date":
             has_date = True
             continue
-        if name == b"transfer-encoding":
+        if name in _PARSER_DECIDES:
             return None
         if name == b"connection":
             for token in lower[value_at:value_end].split(b","):

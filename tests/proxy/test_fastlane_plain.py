@@ -270,3 +270,69 @@ async def test_head_requests_are_never_read_as_plain(tmp_path: Path) -> None:
         finally:
             writer.close()
             await runner.cleanup()
+
+
+@pytest.mark.parametrize("extra", [b"", b"X-Empty:\r\n"], ids=["plain", "parser"])
+async def test_the_read_timeout_counts_from_the_last_read_not_from_the_request(
+    tmp_path: Path, extra: bytes
+) -> None:
+    # A read timeout of 1 s; the head and part of the body after 0.7 s, the
+    # rest 0.6 s later: no gap between reads reaches 1 s, so nothing is cut.
+    # (An empty header value makes the same answer go through aiohttp's parser.)
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, seen: list[bytes]) -> None:
+        async for head in _heads(r, seen):
+            if head.startswith(b"GET /warm"):
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+                await w.drain()
+                continue
+            await asyncio.sleep(0.7)
+            w.write(b"HTTP/1.1 200 OK\r\n%bContent-Length: 8\r\n\r\nfirst" % extra)
+            await w.drain()
+            await asyncio.sleep(0.6)
+            w.write(b"end")
+            await w.drain()
+
+    async with Scripted(script) as up:
+        app = _proxy(
+            tmp_path,
+            up.port,
+            routes_yaml='[{id: slow, match: "GET /slow", to: legacy, timeouts: {read: 1s}}]',
+        )
+        runner, port = await serve_proxy(app)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            assert await _get(reader, writer, b"/warm") == b"hi"
+            assert await _get(reader, writer, b"/slow") == b"firstend"
+            assert _plain_count(app) == (1 if not extra else 0)
+            assert _settled(app)
+        finally:
+            writer.close()
+            await runner.cleanup()
+
+
+async def test_an_answer_with_proxy_connection_close_retires_its_connection(
+    tmp_path: Path,
+) -> None:
+    # llhttp reads Proxy-Connection as Connection: the connection is not reused.
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, seen: list[bytes]) -> None:
+        async for head in _heads(r, seen):
+            if head.startswith(b"GET /warm"):
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+            else:
+                w.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nProxy-Connection: close\r\n\r\nok"
+                )
+            await w.drain()
+
+    async with Scripted(script) as up:
+        app = _proxy(tmp_path, up.port)
+        runner, port = await serve_proxy(app)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            assert await _get(reader, writer, b"/warm") == b"hi"
+            assert await _get(reader, writer, b"/pc") == b"ok"
+            assert await _get(reader, writer, b"/warm") == b"hi"
+            assert up.connections == 2
+        finally:
+            writer.close()
+            await runner.cleanup()

@@ -121,7 +121,7 @@ def test_a_typical_nginx_answer_is_read_like_llhttp() -> None:
         ),
         (
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nTE: x\r\n"
-            b"Trailer: y\r\nUpgrade: h2c\r\nProxy-Connection: z\r\n\r\nhi"
+            b"Trailer: y\r\nUpgrade: h2c\r\n\r\nhi"
         ),
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Te: kept\r\nDates: kept\r\n\r\nhi",
         b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\nhi",
@@ -159,6 +159,9 @@ def test_accepted_answers_read_as_llhttp_reads_them(data: bytes) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nhi",
+        # llhttp reads Proxy-Connection as Connection: `close` ends the connection.
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nProxy-Connection: close\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nProxy-Connection: keep-alive\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nContent-Length: 9999999999999999\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nhi",  # space before the colon
         b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\nContent-Length: 2\r\n\r\nhi",  # obs-fold
@@ -208,11 +211,20 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(out)
 
 
-def test_mutated_heads_are_refused_or_read_exactly_as_llhttp_reads_them() -> None:
+# A head with every header the rules treat specially, to mutate too.
+SPECIALS = (
+    b"HTTP/1.1 200 OK\r\nX-Request-ID: theirs\r\nKeep-Alive: timeout=5\r\n"
+    b"Proxy-Connection: close\r\nConnection: keep-alive\r\nTE: trailers\r\n"
+    b"Date: Thu, 26 Nov 2026 19:40:00 GMT\r\nContent-Length: 5\r\n\r\nhello"
+)
+
+
+@pytest.mark.parametrize("base", [NGINX, SPECIALS], ids=["nginx", "specials"])
+def test_mutated_heads_are_refused_or_read_exactly_as_llhttp_reads_them(base: bytes) -> None:
     rng = random.Random(20261126)
     accepted = 0
     for _ in range(4000):
-        data = _mutate(rng, NGINX)
+        data = _mutate(rng, base)
         answer = _read(data)
         if answer is not None:
             accepted += 1
