@@ -35,12 +35,14 @@ from typing import Final, NamedTuple
 
 __all__ = ["PlainAnswer", "plain_answer"]
 
-# The whole head, CRLF after the last header line included. Each value
-# starts and ends with a visible character; the repetitions cannot overlap
-# (CR ends every line), so matching is linear in the head's length.
+# The whole head, CRLF after the last header line included. A reason or a
+# value is runs of visible characters with single runs of spaces and tabs
+# between them, so it starts and ends with a visible one. Every quantifier is
+# possessive and the runs cannot overlap: the match never backtracks and is
+# linear in the head's length.
 _HEAD: Final = re.compile(
-    rb"HTTP/1\.1 [2-5][0-9][0-9] (?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?\r\n"
-    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?\r\n)++"
+    rb"HTTP/1\.1 [2-5][0-9][0-9] (?:[\x21-\x7e]++(?:[\t ]++[\x21-\x7e]++)*+)?\r\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++: [\x21-\x7e]++(?:[\t ]++[\x21-\x7e]++)*+\r\n)++"
 )
 # The header lines the rules look at, found in the lower-cased head. The
 # values cannot hold CR or LF, so CRLF always starts a line.

@@ -64,20 +64,31 @@ def redact_query(query: str) -> str:
 
 
 class _Clock:
-    """ISO-8601 UTC timestamps with milliseconds, as bytes; the seconds part is formatted once a second."""
+    """ISO-8601 UTC timestamps with milliseconds, as bytes.
 
-    __slots__ = ("_prefix", "_second")
+    The seconds part is formatted once a second, the whole stamp once a
+    millisecond: under load many lines share one.
+    """
+
+    __slots__ = ("_milli", "_prefix", "_second", "_stamp")
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = b""
+        self._milli = -1
+        self._stamp = b""
 
     def stamp(self, now: float) -> bytes:
-        second = int(now)
+        milli = int(now * 1000)
+        if milli == self._milli:
+            return self._stamp
+        second = milli // 1000
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        return b"%b.%03dZ" % (self._prefix, int((now - second) * 1000))
+        self._milli = milli
+        self._stamp = stamp = b"%b.%03dZ" % (self._prefix, milli % 1000)
+        return stamp
 
 
 class AccessLog:
@@ -141,22 +152,24 @@ class AccessLog:
             # upstream name, an HTTP method token, a fixed reason), and a dict
             # for orjson cost more than the line itself.
             path, _, query = raw_target.partition("?")
-            self._append(
-                _LINE
-                % (
-                    self._clock.stamp(time.time()),
-                    request_id.encode(),
-                    route.encode(),
-                    target.encode(),
-                    method.encode(),
-                    orjson.dumps(path),
-                    orjson.dumps(redact_query(query)) if query else b'""',
-                    status,
-                    body_bytes,
-                    seconds * 1000,
-                    b',"aborted":"%b"' % aborted.encode() if aborted is not None else b"",
-                )
+            line = _LINE % (
+                self._clock.stamp(time.time()),
+                request_id.encode(),
+                route.encode(),
+                target.encode(),
+                method.encode(),
+                orjson.dumps(path),
+                orjson.dumps(redact_query(query)) if query else b'""',
+                status,
+                body_bytes,
+                seconds * 1000,
+                b',"aborted":"%b"' % aborted.encode() if aborted is not None else b"",
             )
+            # Buffered (inline: this runs once per request); flushed when full or soon.
+            self._buffer.append(line)
+            self._buffered += len(line)
+            if self._buffered >= self.buffer_size or self._flush_handle is None:
+                self._schedule_flush()
             return
         if not self.logger.isEnabledFor(logging.INFO):
             return
@@ -176,18 +189,17 @@ class AccessLog:
             entry["aborted"] = aborted
         self.logger.info("proxy.access", extra={"access": entry})
 
-    def _append(self, line: bytes) -> None:
-        self._buffer.append(line)
-        self._buffered += len(line)
+    def _schedule_flush(self) -> None:
+        """Flush now when the buffer is full (or no loop runs), else in `flush_interval`."""
         if self._buffered >= self.buffer_size:
             self.flush()
-        elif self._flush_handle is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-            else:
-                self._flush_handle = loop.call_later(self.flush_interval, self.flush)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+        else:
+            self._flush_handle = loop.call_later(self.flush_interval, self.flush)
 
     def flush(self) -> None:
         """Write the buffered lines now."""
