@@ -67,7 +67,6 @@ _PROTECTED: Final = frozenset({"host", "content-length"})
 _LOWER_DROP: Final = frozenset(n.lower().encode() for n in _REQUEST_DROP)
 _LOWER_FORWARDING: Final = frozenset(n.lower().encode() for n in _FORWARDING)
 _LOWER_PROTECTED: Final = frozenset(n.encode() for n in _PROTECTED)
-_LOWER_DROP_UNTRUSTED: Final = _LOWER_DROP | _LOWER_FORWARDING
 # Methods whose requests carry no content by definition; for the others aiohttp's
 # client sent `Content-Length: 0` when there was no body, and so do we.
 _BODILESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
