@@ -362,7 +362,9 @@ async def test_a_new_route_hands_the_connection_over(
 async def test_an_idle_keepalive_connection_is_closed_after_the_timeout(
     proxies: Proxies, upstream: EchoUpstream, client_of: Callable[[int], Awaitable[RawClient]]
 ) -> None:
-    app = proxies.app(upstream.url, server_limits=ServerLimits(keepalive_timeout=0.3))
+    # 0.6 s: long enough that a stalled test process (the upstream shares its
+    # event loop) does not see the close before it looks.
+    app = proxies.app(upstream.url, server_limits=ServerLimits(keepalive_timeout=0.6))
     client = await client_of(await proxies.serve(app))
     response = await exchange(client, request("GET", "/echo"))
     assert response.status == 200
@@ -374,9 +376,11 @@ async def test_an_idle_keepalive_connection_is_closed_after_the_timeout(
 async def test_a_request_longer_than_the_keepalive_timeout_is_not_cut(
     proxies: Proxies, upstream: EchoUpstream, client_of: Callable[[int], Awaitable[RawClient]]
 ) -> None:
-    app = proxies.app(upstream.url, server_limits=ServerLimits(keepalive_timeout=0.2))
+    # The answer takes more than twice the keep-alive time; the margin after it
+    # lets a stalled test process still send the next request in time.
+    app = proxies.app(upstream.url, server_limits=ServerLimits(keepalive_timeout=0.5))
     client = await client_of(await proxies.serve(app))
-    slow = await exchange(client, request("GET", "/slow?delay=0.5"))
+    slow = await exchange(client, request("GET", "/slow?delay=1.2"))
     assert slow.status == 200
     # The connection is still usable right after the long answer.
     follow = await exchange(client, request("GET", "/echo"))

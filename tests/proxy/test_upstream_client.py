@@ -272,7 +272,9 @@ async def test_upstream_closing_an_idle_connection_is_noticed(
 async def test_idle_connections_close_after_keepalive_timeout(
     upstream: EchoUpstream, aiohttp_server: AiohttpServer, tmp_path: Path
 ) -> None:
-    app = proxy_app(tmp_path, upstream.url, keepalive_timeout="200ms")
+    # 600 ms: the pooled connection must still be there when the test looks,
+    # even if the test process (which also runs the upstream) stalls a little.
+    app = proxy_app(tmp_path, upstream.url, keepalive_timeout="600ms")
     server = await aiohttp_server(app)
     assert server.port is not None
     client = await RawClient.connect(server.port)
