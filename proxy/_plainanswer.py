@@ -37,12 +37,14 @@ __all__ = ["PlainAnswer", "plain_answer"]
 
 # The whole head, CRLF after the last header line included. A reason or a
 # value is runs of visible characters with single runs of spaces and tabs
-# between them, so it starts and ends with a visible one. Every quantifier is
-# possessive and the runs cannot overlap: the match never backtracks and is
-# linear in the head's length.
+# between them, so it starts and ends with a visible one. The runs are
+# possessive and cannot overlap, and the repeated groups are atomic, so the
+# match never backtracks and is linear in the head's length. Not `*+`/`++` on
+# a group: before 3.11.5 (gh-106052) such a repeat keeps a half-matched last
+# iteration, and the value's trailing whitespace would pass.
 _HEAD: Final = re.compile(
-    rb"HTTP/1\.1 [2-5][0-9][0-9] (?:[\x21-\x7e]++(?:[\t ]++[\x21-\x7e]++)*+)?\r\n"
-    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++: [\x21-\x7e]++(?:[\t ]++[\x21-\x7e]++)*+\r\n)++"
+    rb"HTTP/1\.1 [2-5][0-9][0-9] (?:[\x21-\x7e]++(?>(?:[\t ]++[\x21-\x7e]++)*))?\r\n"
+    rb"(?>(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++: [\x21-\x7e]++(?>(?:[\t ]++[\x21-\x7e]++)*)\r\n)+)"
 )
 # The header lines the rules look at, found in the lower-cased head. The
 # values cannot hold CR or LF, so CRLF always starts a line.

@@ -79,7 +79,14 @@ class _Clock:
         self._stamp = b""
 
     def stamp(self, now: float) -> bytes:
-        milli = int(now * 1000)
+        product = now * 1000
+        milli = int(product)
+        if milli == product:
+            # The product may have rounded up onto a millisecond that `now`
+            # has not reached (1e9 + 0.999 is 1000000000.99899995...): count
+            # it from the second, as `int((now - second) * 1000)` always did.
+            second = int(now)
+            milli = second * 1000 + int((now - second) * 1000)
         if milli == self._milli:
             return self._stamp
         second = milli // 1000
