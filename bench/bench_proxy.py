@@ -582,41 +582,13 @@ def report(
         ),
     ]
     parts.append("### CPU per proxied 200 B request (wrk -c32, /proc utime+stime, median)")
-    parts.append(
-        markdown_table(
-            ["server", "CPU us per request", "vs aiohttp path"],
-            [
-                [
-                    "club-proxy (fast lane)",
-                    f"**{cpu['club-proxy']:.0f}**",
-                    ratio(cpu["club-proxy"], cpu["aiohttp-path"]),
-                ],
-                ["club-proxy --no-fast-lane", f"{cpu['aiohttp-path']:.0f}", "1.00x"],
-            ],
-        )
-    )
+    parts.append(_against_aiohttp_path("CPU us per request", cpu, "{:.0f}"))
     if instructions is not None:
         parts.append(
             "### CPU instructions per proxied 200 B request "
             "(valgrind callgrind, user space, sequential keep-alive requests)"
         )
-        parts.append(
-            markdown_table(
-                ["server", "instructions per request", "vs aiohttp path"],
-                [
-                    [
-                        "club-proxy (fast lane)",
-                        f"**{instructions['club-proxy']:,.0f}**",
-                        ratio(instructions["club-proxy"], instructions["aiohttp-path"]),
-                    ],
-                    [
-                        "club-proxy --no-fast-lane",
-                        f"{instructions['aiohttp-path']:,.0f}",
-                        "1.00x",
-                    ],
-                ],
-            )
-        )
+        parts.append(_against_aiohttp_path("instructions per request", instructions, "{:,.0f}"))
     if split is not None:
         parts.append("### Where club-proxy's CPU goes, 200 B (perf record -e cpu-clock, by binary)")
         parts.append(markdown_table(["binary", "share of samples"], split))
@@ -639,6 +611,18 @@ def report(
             )
     parts.append(NOTES)
     return "\n\n".join(parts)
+
+
+def _against_aiohttp_path(what: str, values: dict[str, float], fmt: str) -> str:
+    """A two-row table: the fast lane and `--no-fast-lane`, with their ratio."""
+    lane, classic = values["club-proxy"], values["aiohttp-path"]
+    return markdown_table(
+        ["server", what, "vs aiohttp path"],
+        [
+            ["club-proxy (fast lane)", f"**{fmt.format(lane)}**", ratio(lane, classic)],
+            ["club-proxy --no-fast-lane", fmt.format(classic), "1.00x"],
+        ],
+    )
 
 
 NOTES = """### Reading it
