@@ -6,7 +6,8 @@ one read. For those, aiohttp's client protocol costs more than the relay
 itself: a new llhttp parser per request, a header multidict, a
 `RawResponseMessage`, a `StreamReader` fed and ended through Python
 callbacks, then a Python loop over the headers for the client's head (about
-110k CPU instructions, where the whole relay of a small request is about 240k).
+110k CPU instructions, of about 240k for the whole relay of a small request
+before this module; about 55k here).
 
 `plain_answer` accepts only a strict subset of RFC 9112 that every
 conforming parser, llhttp included, reads the same way, and checks it with
