@@ -92,6 +92,17 @@ def _proxy(
     return create_app(routes_path=routes, reload_on_sighup=False, fast_lane=fast_lane)
 
 
+def read_timeout_route(path: str, timeout: str) -> str:
+    """`routes_yaml` for `_proxy`: one route for GET `path` with its own read timeout.
+
+    Tests give the short timeout to the route under test only: the scripted
+    upstream runs in the test's event loop, so a stall of the whole process
+    must not cut the warm-up request on the same connection.
+    """
+    route_id = path.strip("/")
+    return f'[{{id: {route_id}, match: "GET {path}", to: legacy, timeouts: {{read: {timeout}}}}}]'
+
+
 async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: bytes) -> bytes:
     writer.write(b"GET %b HTTP/1.1\r\nHost: a\r\n\r\n" % target)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
@@ -333,13 +344,7 @@ async def test_an_upstream_stalling_mid_body_is_cut_after_the_read_timeout(
             await w.drain()
 
     async with Scripted(script) as up:
-        # Only /stall has the short read timeout: /warm (upstream default) must not
-        # be cut when the whole process stalls for 300 ms under CPU pressure.
-        app = _proxy(
-            tmp_path,
-            up.port,
-            routes_yaml='[{id: stall, match: "GET /stall", to: legacy, timeouts: {read: 300ms}}]',
-        )
+        app = _proxy(tmp_path, up.port, routes_yaml=read_timeout_route("/stall", "300ms"))
         runner, port = await serve_proxy(app)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
@@ -374,13 +379,11 @@ async def test_an_upstream_silent_after_a_1xx_times_out(
             await w.drain()
 
     async with Scripted(script) as up:
-        # Only /hints has the short read timeout, so a stall of this whole
-        # process cannot cut /warm (the upstream runs in the same event loop).
         app = _proxy(
             tmp_path,
             up.port,
             fast_lane=fast_lane,
-            routes_yaml='[{id: hints, match: "GET /hints", to: legacy, timeouts: {read: 300ms}}]',
+            routes_yaml=read_timeout_route("/hints", "300ms"),
         )
         runner, port = await serve_proxy(app)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

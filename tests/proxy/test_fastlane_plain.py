@@ -16,7 +16,14 @@ import pytest
 
 from proxy.app import PROXY
 from tests.proxy.forward_support import TIMEOUT, serve_proxy
-from tests.proxy.test_fastlane_edges import Scripted, _get, _heads, _proxy, _settled
+from tests.proxy.test_fastlane_edges import (
+    Scripted,
+    _get,
+    _heads,
+    _proxy,
+    _settled,
+    read_timeout_route,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -222,9 +229,7 @@ async def test_a_plain_body_that_stalls_cuts_the_client_after_the_read_timeout(
         await w.drain()
         await asyncio.sleep(TIMEOUT)
 
-    # Only /stall has the short read timeout, so a stall of this whole
-    # process cannot cut /warm (the upstream runs in the same event loop).
-    stall = '[{id: stall, match: "GET /stall", to: legacy, timeouts: {read: 300ms}}]'
+    stall = read_timeout_route("/stall", "300ms")
     async with _lane(tmp_path, answer, routes_yaml=stall) as (app, _, reader, writer):
         writer.write(b"GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
         received = await asyncio.wait_for(reader.read(), TIMEOUT)  # until the cut
@@ -264,7 +269,7 @@ async def test_the_read_timeout_counts_from_the_last_read_not_from_the_request(
         await asyncio.sleep(0.6)
         w.write(b"end")
 
-    slow = '[{id: slow, match: "GET /slow", to: legacy, timeouts: {read: 1s}}]'
+    slow = read_timeout_route("/slow", "1s")
     async with _lane(tmp_path, answer, routes_yaml=slow) as (app, _, reader, writer):
         assert await _get(reader, writer, b"/slow") == b"firstend"
         assert _plain_count(app) == (1 if not extra else 0)
