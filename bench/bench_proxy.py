@@ -650,13 +650,15 @@ NOTES = """### Reading it
 - Instructions per request (callgrind) are the steady figure for A/B work on this
   machine: the same count comes back run after run, where req/s and CPU time swing by a
   third between identical runs.
-- The ceiling for a Python proxy on this machine: a bare callback-only relay (aiohttp's
-  parsers, no routing, header rules, metrics or log; a throwaway experiment, not part of
-  this run) reached about 0.7x this nginx; the same with one task per request about
-  0.55x. club-proxy pays for routing, the header rules, per-read timeouts, metrics and
-  the access line on top. Throughput scales with `--workers N` (SO_REUSEPORT), one per
-  core: `--workers 2` on these 2 shared cores gave 0.46x nginx's one worker on 200 B
-  (a one-off measurement, not part of this run).
+- The ratio to nginx depends on the machine more than the run-to-run noise suggests:
+  the same code (about 180k instructions per request) gave 0.29-0.51x nginx on 200 B on
+  one 2-core VM and 0.68-0.73x on another (why is not pinned down; the interpreter's
+  share of the work is the likely suspect). Compare ratios from the same machine only, and
+  the instruction count across machines. On the slower machine a bare callback-only
+  relay (aiohttp's parsers, no routing, header rules, metrics or log; a throwaway
+  experiment, not part of this run) reached about 0.7x nginx, and the same with one task
+  per request about 0.55x. Throughput scales with `--workers N` (SO_REUSEPORT), one per
+  core.
 - 1 MiB responses: socket writes and reads of the body dominate; the fast lane writes
   each body piece straight to the client transport with its flow control, 64 KiB read
   buffers.
