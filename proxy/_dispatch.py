@@ -27,7 +27,7 @@ from proxy.forward import (
     refusal,
 )
 from proxy.headers import request_id_from, upstream_request_headers
-from proxy.metrics import DEFAULT_ROUTE
+from proxy.metrics import DEFAULT_ROUTE, PROXY_TARGET, REJECTED_ROUTE
 from proxy.model import NEW, Upstream
 from proxy.websocket import is_websocket_upgrade, relay_websocket
 
@@ -238,6 +238,25 @@ class Proxy:
             start=call.start,
             aborted=aborted,
             upstream_error=upstream_error,
+        )
+
+    def record_rejected(self, *, request_id: str, status: int) -> None:
+        """Metrics and the access line of a request the parser rejected.
+
+        It was never routed, and its method and target are not trustworthy
+        text: the line says `-` and an empty path, the request id ties it to
+        the `proxy.bad_request` warning that has the parser's detail.
+        """
+        self.metrics.observe(REJECTED_ROUTE, PROXY_TARGET, "-", status, 0.0)
+        self.access.log(
+            request_id=request_id,
+            route=REJECTED_ROUTE,
+            target=PROXY_TARGET,
+            method="-",
+            raw_target="",
+            status=status,
+            body_bytes=0,
+            seconds=0.0,
         )
 
     def record(

@@ -72,6 +72,9 @@ class ProxyRequestHandler(web.RequestHandler):
             data["error"] = type(exc).__name__
             data["detail"] = detail[:_DETAIL_LIMIT]
             logger.warning("proxy.bad_request", extra=data)
+            proxy = getattr(self._manager, "proxy", None)
+            if proxy is not None:
+                proxy.record_rejected(request_id=rid, status=status)
         if request.writer.output_size > 0:
             # As aiohttp: an answer already started cannot be replaced.
             msg = "Response is sent already, cannot send another response with the error message"
@@ -93,9 +96,17 @@ class ProxyServer(web.Server):
     aiohttp; shutdown closes and drains both kinds.
     """
 
-    def __init__(self, *args: Any, lanes: LaneHost | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        lanes: LaneHost | None = None,
+        proxy: Proxy | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.lanes = lanes
+        # Counts and logs the requests the parser rejects (they reach no handler).
+        self.proxy = proxy
 
     def __call__(self) -> web.RequestHandler | FastLane:  # type: ignore[override]
         if self.lanes is not None:
@@ -141,6 +152,7 @@ class ProxyAppRunner(web.AppRunner):
             **kwargs,
         )
         proxy: Proxy | None = self.app.get(_proxy_key())
+        proxy_server.proxy = proxy
         if proxy is not None and proxy.fast_lane:
             proxy_server.lanes = LaneHost(
                 proxy,

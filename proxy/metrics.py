@@ -38,11 +38,14 @@ if TYPE_CHECKING:
     from proxy.reload import RoutesWatcher
     from proxy.upstreams import UpstreamPools
 
-__all__ = ["CONTENT_TYPE", "DEFAULT_ROUTE", "ProxyMetrics"]
+__all__ = ["CONTENT_TYPE", "DEFAULT_ROUTE", "PROXY_TARGET", "REJECTED_ROUTE", "ProxyMetrics"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # The route label of requests that matched no route (served by `default`).
 DEFAULT_ROUTE: Final = "(default)"
+# The route and target of a request the parser rejected: the proxy answered it.
+REJECTED_ROUTE: Final = "(rejected)"
+PROXY_TARGET: Final = "(proxy)"
 # Methods outside this set share one label value, so a scanner sending random
 # methods cannot grow the series without bound.
 _METHODS: Final = frozenset(

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 import pytest
 from aiohttp import web
 
+from proxy.app import PROXY
 from tests.proxy import forward_support
 from tests.proxy.forward_support import RawClient, request, serve_proxy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from tests.proxy.echo_upstream import EchoUpstream
 
@@ -68,6 +70,21 @@ async def test_malformed_request_gets_json_400_one_warning_and_a_closed_connecti
     assert warnings[0].exc_info is None
     assert getattr(warnings[0], "request_id", None) == body["request_id"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    # Counted and logged like any answer, as nginx logs its 400s.
+    access = [r.access for r in caplog.records if r.getMessage() == "proxy.access"]  # type: ignore[attr-defined]
+    assert access == [
+        {
+            "request_id": body["request_id"],
+            "route": "(rejected)",
+            "target": "(proxy)",
+            "method": "-",
+            "path": "",
+            "query": "",
+            "status": 400,
+            "bytes": 0,
+            "duration_ms": 0.0,
+        }
+    ]
 
 
 async def test_a_malformed_request_on_a_kept_alive_connection_closes_it(raw: RawClient) -> None:
@@ -110,3 +127,25 @@ async def test_an_escaped_handler_exception_is_a_json_500_with_its_traceback_log
     assert len(errors) == 1
     assert errors[0].exc_info is not None
     assert isinstance(errors[0].exc_info[1], RuntimeError)
+
+
+async def test_rejected_requests_are_counted_under_their_own_route(
+    upstream: EchoUpstream, tmp_path: Path
+) -> None:
+    app = forward_support.proxy_app(tmp_path, upstream.url)
+    runner, port = await serve_proxy(app)
+    try:
+        for _ in range(2):
+            client = await RawClient.connect(port)
+            try:
+                await client.send(b"GARBAGE\r\n\r\n")
+                assert (await client.read_response()).status == 400
+            finally:
+                await client.close()
+        text = app[PROXY].metrics.render().decode()
+    finally:
+        await runner.cleanup()
+    assert (
+        'club_proxy_requests_total{method="OTHER",route="(rejected)",status="400",'
+        'target="(proxy)"} 2.0'
+    ) in text
