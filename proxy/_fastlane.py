@@ -20,15 +20,22 @@ the rest of its life. So everything unusual stays on the path the
 transparency suite was written against; the fast lane only has to be exact for
 the common case. tests/proxy/test_fastlane_parity.py holds it to the aiohttp
 path's bytes, tests/proxy/test_fastlane.py to its behaviour.
+
+A method llhttp does not know (`BREW`: its method list is fixed) fails the
+lane's parser; when it is one nginx would pass (capital letters, `_`, `-`),
+the connection goes to a handler on aiohttp's pure-Python parser, which
+takes any method token (`proxy._protocol.ExtensionMethodParser`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import TYPE_CHECKING, Final, cast
 
 from aiohttp.http import HttpVersion11
+from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
 
@@ -50,12 +57,15 @@ __all__ = ["FastLane", "LaneHost"]
 # hands such requests over before reading them).
 _READ_LIMIT: Final = 1 << 16
 _HEAD_END: Final = b"\r\n\r\n"
+# nginx's method rule (capital letters, `_`, `-`), at the start of a request.
+EXTENSION_METHOD: Final = re.compile(rb"[A-Z_-]{1,32} ")
 
 
 class LaneHost:
     """What the fast lanes of one listening server share (`proxy._protocol.ProxyServer`).
 
-    `handoff` builds the aiohttp connection handler a lane hands over to;
+    `handoff` builds the aiohttp connection handler a lane hands over to,
+    `handoff_extension` one whose parser takes methods llhttp does not know;
     `lanes` are the live fast-lane connections, for graceful shutdown.
     Hand-overs are counted by reason in `ProxyMetrics.fast_lane_handoff`.
     """
@@ -65,11 +75,13 @@ class LaneHost:
         proxy: Proxy,
         *,
         handoff: Callable[[], asyncio.Protocol],
+        handoff_extension: Callable[[], asyncio.Protocol],
         parser_limits: dict[str, int],
         keepalive_timeout: float,
     ) -> None:
         self.proxy = proxy
         self.handoff = handoff
+        self.handoff_extension = handoff_extension
         self.parser_limits = parser_limits
         self.keepalive_timeout = keepalive_timeout
         self.lanes: set[FastLane] = set()
@@ -201,6 +213,13 @@ class FastLane(asyncio.Protocol):
         self._raw = raw
         try:
             messages, upgraded, _ = parser.feed_data(data)
+        except (BadHttpMethod, BadStatusLine):
+            # llhttp's answer to a method it does not know (BadStatusLine for
+            # RTSP's, which it expects with RTSP/1.0). `raw` starts with the
+            # request line; the handler's parser checks all of it again.
+            extension = EXTENSION_METHOD.match(raw) is not None
+            self._hand_off("extension" if extension else "malformed")
+            return
         except Exception:  # aiohttp's handler answers it (400) and logs it
             self._hand_off("malformed")
             return
@@ -337,15 +356,16 @@ class FastLane(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        self._host.lanes.discard(self)
-        self._host.proxy.metrics.fast_lane_handoff(reason)
+        host = self._host
+        host.lanes.discard(self)
+        host.proxy.metrics.fast_lane_handoff(reason)
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
         raw, self._raw = self._raw, b""
         self._transport = None
         self._parser = None
-        handler = self._host.handoff()
+        handler = host.handoff_extension() if reason == "extension" else host.handoff()
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self.writing_paused:

@@ -22,29 +22,72 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
+from aiohttp.http_parser import HttpRequestParserPy
+from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestPayloadError
 
-from proxy._fastlane import FastLane, LaneHost
+from proxy._fastlane import EXTENSION_METHOD, FastLane, LaneHost
 from proxy.forward import error_response
 from proxy.headers import request_id_from
 
 if TYPE_CHECKING:
+    from aiohttp.http import RawRequestMessage
     from aiohttp.web_request import BaseRequest
 
     from proxy._dispatch import Proxy
 
-__all__ = ["ProxyAppRunner", "ProxyRequestHandler", "ProxyServer"]
+__all__ = ["ExtensionMethodParser", "ProxyAppRunner", "ProxyRequestHandler", "ProxyServer"]
 
 logger = logging.getLogger(__name__)
 
 # Parser messages quote client bytes: enough to diagnose, not a log filler.
 _DETAIL_LIMIT: Final = 200
+# aiohttp's RequestHandler defaults, for a server that sets none.
+_AIOHTTP_LIMIT: Final = 8190
+_AIOHTTP_MAX_HEADERS: Final = 128
+
+
+class ExtensionMethodParser(HttpRequestParserPy):
+    """aiohttp's pure-Python request parser, for methods llhttp does not know.
+
+    llhttp (aiohttp's C parser) has a fixed method list, where nginx passes
+    any method of capital letters, `_` and `-`; so does this parser (any
+    token, by RFC 9110), with the same framing rules (aiohttp runs one test
+    suite against both). It still refuses what nginx refuses: a lower-case
+    method, which it would otherwise upper-case, changing the request.
+    """
+
+    def parse_message(self, lines: list[bytes]) -> RawRequestMessage:
+        if EXTENSION_METHOD.match(lines[0]) is None:
+            raise BadHttpMethod(lines[0].partition(b" ")[0].decode("ascii", "replace"))
+        return super().parse_message(lines)
 
 
 class ProxyRequestHandler(web.RequestHandler):
-    """aiohttp's connection handler with JSON error answers and one log line each."""
+    """aiohttp's connection handler with JSON error answers and one log line each.
+
+    With `extension_methods`, requests are parsed by `ExtensionMethodParser`.
+    """
 
     __slots__ = ()
+
+    def __init__(
+        self, manager: web.Server, *, extension_methods: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        if extension_methods:
+            # The same arguments as aiohttp's own parser in RequestHandler.__init__.
+            self._parser = ExtensionMethodParser(
+                self,
+                kwargs["loop"],
+                self._read_bufsize,
+                max_line_size=kwargs.get("max_line_size", _AIOHTTP_LIMIT),
+                max_field_size=kwargs.get("max_field_size", _AIOHTTP_LIMIT),
+                max_headers=kwargs.get("max_headers", _AIOHTTP_MAX_HEADERS),
+                payload_exception=RequestPayloadError,
+                auto_decompress=kwargs.get("auto_decompress", True),
+                max_msg_queue_size=MAX_MSG_QUEUE_SIZE,
+            )
 
     def handle_error(
         self,
@@ -117,6 +160,10 @@ class ProxyServer(web.Server):
         """A connection handler of aiohttp's own (the fast lane hands over to it)."""
         return ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
 
+    def extension_handler(self) -> ProxyRequestHandler:
+        """`handler()` with a parser that takes methods llhttp does not know."""
+        return ProxyRequestHandler(self, loop=self._loop, extension_methods=True, **self._kwargs)
+
     def pre_shutdown(self) -> None:
         super().pre_shutdown()
         if self.lanes is not None:
@@ -157,6 +204,7 @@ class ProxyAppRunner(web.AppRunner):
             proxy_server.lanes = LaneHost(
                 proxy,
                 handoff=proxy_server.handler,
+                handoff_extension=proxy_server.extension_handler,
                 parser_limits={k: kwargs[k] for k in _PARSER_LIMITS if k in kwargs},
                 keepalive_timeout=kwargs.get("keepalive_timeout", _AIOHTTP_KEEPALIVE),
             )

@@ -45,7 +45,7 @@ MALFORMED = {
     "oversized-header": request(headers=[("X-Big", "a" * 9000)]),
     "oversized-request-line": request(target="/" + "a" * 9000),
     "nul-in-path": b"GET /ec\x00ho HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
-    "unknown-method": request("BREW", "/pot"),
+    "lower-case-method": request("brew", "/pot"),
 }
 
 
