@@ -170,7 +170,6 @@ class Proxy:
             headers=self._upstream_headers(call),
             session=session,
             max_msg_size=upstream.ws_max_message_size,
-            connect_timeout=upstream.connect_timeout,
             request_id=call.rid,
         )
 

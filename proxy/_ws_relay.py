@@ -1,7 +1,9 @@
 """The frame relay between two WebSocket connections (`proxy.websocket`).
 
 Two pumps, one per direction; the first to end decides how both sides close.
-TEXT payloads are relayed as bytes without a decode/encode round trip; close
+TEXT payloads are relayed as bytes without a decode/encode round trip. PING
+and PONG frames are relayed too, payload and all (both sides run with
+`autoping=False`), so a heartbeat measures the far end, not the proxy. Close
 codes and reasons travel both ways with the close handshake relayed end to
 end: the initiator's code and reason reach the other side, and the other
 side's reply code goes back to the initiator.
@@ -28,6 +30,8 @@ _RESERVED_CLOSE_CODES = frozenset({1005, 1006, 1015})
 _CLOSE_BAD_GATEWAY = 1014
 # How long a close handshake may take, per side.
 CLOSE_TIMEOUT: Final = 10.0
+# Frames copied as they are; CLOSE and errors end the relay instead.
+_RELAYED: Final = frozenset({WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG})
 
 
 class _Message(Protocol):
@@ -127,7 +131,7 @@ class Relay:
         """Copy frames from src to dst until one of them ends; say how to close both."""
         while True:
             msg = await src.receive()
-            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+            if msg.type in _RELAYED:
                 try:
                     await dst.send_frame(msg.data, msg.type)
                 except ConnectionError:

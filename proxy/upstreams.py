@@ -2,7 +2,9 @@
 
 Plain requests go through the pool's thin client (`proxy._upstream_client`);
 WebSocket upgrades through its aiohttp `ClientSession`, which opens
-connections only when one is used. Pools follow the route table: `sync(table)` builds pools for new or changed
+connections only when one is used and never caps them (an upgraded
+connection never returns to a pool).
+Pools follow the route table: `sync(table)` builds pools for new or changed
 upstreams and retires the old ones, which close once the last request using
 them finishes, so a reload never cuts a request in flight. Sessions never add
 headers of their own, never decompress and keep no cookies: the proxy is not a
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 
 from proxy._upstream_client import ConnectionPool
+from proxy.websocket import refusal_middleware
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -88,14 +91,19 @@ class UpstreamPools:
 
     def _open(self, upstream: Upstream) -> UpstreamPool:
         connector = aiohttp.TCPConnector(
-            limit=upstream.max_connections,
+            # An upgraded connection counts as in use for its whole life and
+            # never returns: a limit here would cap concurrent WebSockets
+            # (nginx has no such cap), not size a pool.
+            limit=0,
             limit_per_host=0,
             keepalive_timeout=upstream.keepalive_timeout,
         )
         timeout = _timeout(upstream)
         session = aiohttp.ClientSession(
             connector=connector,
+            # Bounds a handshake: the TCP connect, then the wait for the answer.
             timeout=timeout,
+            middlewares=(refusal_middleware,),
             auto_decompress=False,
             skip_auto_headers=SKIP_AUTO_HEADERS,
             cookie_jar=aiohttp.DummyCookieJar(),

@@ -2,14 +2,14 @@
 
 The upstream is connected FIRST and the client is accepted only afterwards, with
 the subprotocol the upstream chose: a refused upstream handshake reaches the
-client as the upstream's own HTTP status, never as a 101 followed by a close.
-Frames are re-framed per hop (ping/pong are answered by each hop, compression is
-per hop); the relay itself, with its close handshake, is `proxy._ws_relay`.
+client as the upstream's own answer (status, headers, body), never as a 101
+followed by a close. Frames are re-framed per hop (compression is per hop) but
+ping and pong are relayed end to end, so each end's heartbeat sees the other
+end; the relay itself, with its close handshake, is `proxy._ws_relay`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from http import HTTPStatus
@@ -19,13 +19,14 @@ import aiohttp
 from aiohttp import WSCloseCode, hdrs, web
 
 from proxy._ws_relay import CLOSE_TIMEOUT, Relay
-from proxy.forward import error_response
+from proxy.forward import PassThroughResponse, error_response
+from proxy.headers import response_headers
 
 if TYPE_CHECKING:
-    from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
+    from multidict import CIMultiDict, CIMultiDictProxy
     from yarl import URL
 
-__all__ = ["is_websocket_upgrade", "relay_websocket"]
+__all__ = ["REFUSAL_BODY_LIMIT", "is_websocket_upgrade", "refusal_middleware", "relay_websocket"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,33 +47,16 @@ _HANDSHAKE_HEADERS = frozenset(
     )
 )
 
-# Headers of a refused handshake that describe the (dropped) body or one hop;
-# the rest (WWW-Authenticate, Set-Cookie, Location, Retry-After...) is passed on.
-_REFUSAL_DROP = frozenset(
-    name.lower()
-    for name in (
-        hdrs.CONNECTION,
-        hdrs.KEEP_ALIVE,
-        hdrs.UPGRADE,
-        hdrs.TRANSFER_ENCODING,
-        hdrs.CONTENT_LENGTH,
-        hdrs.CONTENT_TYPE,
-        hdrs.CONTENT_ENCODING,
-        hdrs.DATE,
-        hdrs.SERVER,
-        hdrs.SEC_WEBSOCKET_ACCEPT,
-        hdrs.SEC_WEBSOCKET_PROTOCOL,
-        hdrs.SEC_WEBSOCKET_EXTENSIONS,
-        # The proxy's own answer carries the request id already.
-        "X-Request-ID",
-    )
-)
+# A refusal's body is read whole before it is passed on (aiohttp closes the
+# handshake's connection on any answer but 101, so it cannot be streamed);
+# refusals are error pages, and a bigger one becomes a 502.
+REFUSAL_BODY_LIMIT: Final = 1024 * 1024
 
-
-# The relay reads undecoded frames, answers closes itself and needs no
-# receive timeout (a socket may be idle for hours).
+# The relay reads undecoded frames, relays pings, pongs and closes itself and
+# needs no receive timeout (a socket may be idle for hours).
 _UPSTREAM_OPTIONS: Final[dict[str, Any]] = {
     "autoclose": False,
+    "autoping": False,
     "timeout": aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
     "decode_text": False,
 }
@@ -104,23 +88,64 @@ def _error(status: int, message: str, request_id: str) -> web.Response:
     return error_response(status, message, request_id=request_id, kind="websocket")
 
 
-def _refusal(exc: aiohttp.WSServerHandshakeError, request_id: str) -> web.Response:
-    # A 1xx/101 with a broken handshake (bad accept key, no Upgrade) is the
-    # upstream's fault, not an answer the client could act on: 502.
-    if exc.status < HTTPStatus.OK:
-        return _error(502, "upstream sent an invalid WebSocket handshake", request_id)
-    response = _error(exc.status, "upstream refused the WebSocket upgrade", request_id)
-    if exc.headers is not None:
-        _copy_refusal_headers(exc.headers, response)
+class _Refusal(Exception):
+    """The upstream answered the upgrade with something other than 101; `body` None: too big."""
+
+    def __init__(self, answer: aiohttp.ClientResponse, body: bytes | None) -> None:
+        super().__init__(answer.status)
+        self.status = answer.status
+        self.reason = answer.reason
+        self.headers = answer.headers
+        self.body = body
+
+
+async def refusal_middleware(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """Client middleware of the WebSocket sessions (`proxy.upstreams`).
+
+    `ws_connect` would follow a redirect and close any other answer but 101
+    unread; this reads its body (up to `REFUSAL_BODY_LIMIT`) and raises it
+    for `relay_websocket` to pass on.
+    """
+    answer = await handler(request)
+    if answer.status == HTTPStatus.SWITCHING_PROTOCOLS:
+        return answer
+    try:
+        body = await _bounded_body(answer.content)
+    finally:
+        answer.close()
+    raise _Refusal(answer, body)
+
+
+async def _bounded_body(content: aiohttp.StreamReader) -> bytes | None:
+    body = bytearray()
+    while chunk := await content.readany():
+        body += chunk
+        if len(body) > REFUSAL_BODY_LIMIT:
+            return None
+    return bytes(body)
+
+
+async def _relay_refusal(
+    request: web.Request, refusal: _Refusal, request_id: str
+) -> web.StreamResponse:
+    """The upstream's answer as it came, through the HTTP path's header rules."""
+    if refusal.body is None:
+        return _error(502, "upstream refusal too large", request_id)
+    response = PassThroughResponse(
+        status=refusal.status,
+        reason=refusal.reason,
+        headers=response_headers(refusal.headers, request_id=request_id),
+    )
+    try:
+        await response.prepare(request)
+        await response.write_eof(refusal.body)
+    except ConnectionResetError:
+        response.aborted = "client"
+    else:
+        response.body_bytes = len(refusal.body)
     return response
-
-
-def _copy_refusal_headers(upstream: MultiMapping[str], response: web.Response) -> None:
-    named = _tokens(upstream.getall(hdrs.CONNECTION, []))
-    for name, value in upstream.items():
-        lowered = name.lower()
-        if lowered not in _REFUSAL_DROP and lowered not in named:
-            response.headers.add(name, value)
 
 
 def _upstream_headers(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> list[tuple[str, str]]:
@@ -134,34 +159,40 @@ async def relay_websocket(
     headers: CIMultiDict[str],
     session: aiohttp.ClientSession,
     max_msg_size: int,
-    connect_timeout: float,
     request_id: str | None = None,
 ) -> web.StreamResponse:
     """Connect `url` as a WebSocket, then accept the client and relay until either side closes.
 
     `headers` are the already filtered request headers to send upstream (Host,
-    Cookie, Authorization, Origin, X-Forwarded-*, X-Request-ID...). Returns the
-    upstream's status as a JSON error when it refuses the upgrade, 502 when it is
-    unreachable, 504 when the handshake takes longer than `connect_timeout`.
-    Messages larger than `max_msg_size` close both sides with 1009.
+    Cookie, Authorization, Origin, X-Forwarded-*, X-Request-ID...). `session`
+    is an upstream's WebSocket session (`proxy.upstreams`): its `connect`
+    timeout bounds the TCP connect and its `sock_read` the wait for the
+    handshake answer (504 on either). An answer other than 101 is passed on as
+    it came (`refusal_middleware` must be on the session), 502 when the
+    upstream is unreachable or its 101 is not a valid handshake. Messages
+    larger than `max_msg_size` close both sides with 1009.
     """
     rid = request_id or headers.get("X-Request-ID") or uuid.uuid4().hex
     log = {"request_id": rid, "url": str(url)}
     try:
-        async with asyncio.timeout(connect_timeout):
-            upstream = await session.ws_connect(
-                url,
-                protocols=_offered_protocols(request),
-                headers=_upstream_headers(headers),
-                max_msg_size=max_msg_size,
-                **_UPSTREAM_OPTIONS,
-            )
+        upstream = await session.ws_connect(
+            url,
+            protocols=_offered_protocols(request),
+            headers=_upstream_headers(headers),
+            max_msg_size=max_msg_size,
+            **_UPSTREAM_OPTIONS,
+        )
     except TimeoutError:
         logger.warning("proxy.ws_upstream_timeout", extra=log)
         return _error(504, "upstream WebSocket handshake timed out", rid)
+    except _Refusal as refusal:
+        logger.info("proxy.ws_upstream_refused", extra={**log, "status": refusal.status})
+        return await _relay_refusal(request, refusal, rid)
     except aiohttp.WSServerHandshakeError as exc:
-        logger.info("proxy.ws_upstream_refused", extra={**log, "status": exc.status})
-        return _refusal(exc, rid)
+        # A 101 without Upgrade or with a wrong accept key: not an answer the
+        # client could act on.
+        logger.warning("proxy.ws_upstream_invalid", extra={**log, "error": exc.message})
+        return _error(502, "upstream sent an invalid WebSocket handshake", rid)
     except aiohttp.ClientError as exc:
         logger.warning("proxy.ws_upstream_unreachable", extra={**log, "error": repr(exc)})
         return _error(502, "upstream unreachable", rid)
@@ -179,11 +210,13 @@ async def _accept_and_relay(
         protocols=(upstream.protocol,) if upstream.protocol else (),
         max_msg_size=max_msg_size,
         autoclose=False,
+        autoping=False,
         # Per-hop compression costs CPU on every frame for no end-to-end gain.
         compress=False,
         timeout=CLOSE_TIMEOUT,
         decode_text=False,
     )
+    client.headers["X-Request-ID"] = log["request_id"]  # as on every answer
     try:
         await client.prepare(request)
     except BaseException:

@@ -1,8 +1,9 @@
 """WebSocket relaying through proxy.websocket against a real upstream on loopback.
 
 The proxy under test is a tiny aiohttp app whose catch-all handler calls
-`relay_websocket` the way the forwarding code does; the upstream is a real
-aiohttp WebSocket server that records what it saw.
+`relay_websocket` the way the forwarding code does, with the WebSocket session
+of a real `UpstreamPools` pool; the upstream is a real aiohttp WebSocket
+server that records what it saw.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.websocket import is_websocket_upgrade, relay_websocket
+from proxy.model import Upstream
+from proxy.upstreams import UpstreamPools
+from proxy.websocket import REFUSAL_BODY_LIMIT, is_websocket_upgrade, relay_websocket
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
 LIMIT = 64 * 1024
 HOP_BY_HOP = {"connection", "upgrade", "keep-alive", "te", "transfer-encoding", "proxy-connection"}
 SESSION = web.AppKey("SESSION", aiohttp.ClientSession)
+# The upstream's read timeout: a handshake's answer may take this long, an
+# idle relayed socket any time.
+READ_TIMEOUT = 1.0
+REFUSAL = {"error": "banned", "detail": "ask an admin"}
 UPSTREAM = web.AppKey("UPSTREAM", URL)
 SEEN: web.AppKey[asyncio.Queue[Any]] = web.AppKey("SEEN")
 
@@ -60,6 +67,7 @@ async def _answer(
     ws: web.WebSocketResponse, msg: aiohttp.WSMessage, seen: asyncio.Queue[Any]
 ) -> None:
     if msg.type is WSMsgType.PING:
+        await seen.put(("ping", msg.data))
         await ws.pong(msg.data)
     elif msg.type is WSMsgType.PONG:
         await seen.put(("pong", msg.data))
@@ -75,15 +83,45 @@ async def _answer(
         await ws.send_bytes(msg.data)
 
 
+async def ws_heartbeat(request: web.Request) -> web.WebSocketResponse:
+    """Like club-api's /ws: the server pings, and closes a socket whose pong does not come."""
+    ws = web.WebSocketResponse(heartbeat=0.2)
+    await ws.prepare(request)
+    try:
+        async for _ in ws:
+            pass
+    finally:
+        # Also when the dropped connection cancels this handler.
+        request.app[SEEN].put_nowait(("closed", ws.close_code, None))
+    return ws
+
+
 async def refuse(request: web.Request) -> web.Response:
-    return web.Response(status=403, text="no", headers={"X-Reason": "banned", "Set-Cookie": "a=1"})
+    headers = {"X-Reason": "banned", "Set-Cookie": "a=1", "X-Request-ID": "upstream-id"}
+    return web.json_response(REFUSAL, status=403, headers=headers)
+
+
+async def refuse_big(request: web.Request) -> web.Response:
+    return web.Response(status=403, body=b"x" * (REFUSAL_BODY_LIMIT + 1))
+
+
+async def plain(request: web.Request) -> web.Response:
+    return web.Response(text="no WebSocket here")
+
+
+async def moved(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ws")
 
 
 def upstream_app(seen: asyncio.Queue[Any]) -> web.Application:
     app = web.Application()
     app[SEEN] = seen
     app.router.add_get("/ws", ws_echo)
+    app.router.add_get("/heartbeat", ws_heartbeat)
     app.router.add_get("/refuse", refuse)
+    app.router.add_get("/refuse-big", refuse_big)
+    app.router.add_get("/plain", plain)
+    app.router.add_get("/moved", moved)
     return app
 
 
@@ -101,17 +139,16 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         headers=headers,
         session=request.app[SESSION],
         max_msg_size=LIMIT,
-        connect_timeout=5.0,
     )
 
 
 def proxy_app(upstream: URL) -> web.Application:
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        # A short total/sock_read timeout: the relay must not be bound by it.
-        timeout = aiohttp.ClientTimeout(total=1.0, sock_read=1.0)
-        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
-            app[SESSION] = session
-            yield
+        pools = UpstreamPools()
+        pools.sync([Upstream(name="legacy", url=upstream, read_timeout=READ_TIMEOUT)])
+        app[SESSION] = pools.current["legacy"].session
+        yield
+        await pools.close()
 
     app = web.Application()
     app[UPSTREAM] = upstream
@@ -226,22 +263,54 @@ async def test_text_and_binary_frames_both_ways(
         assert (msg.type, msg.data) == (WSMsgType.BINARY, payload)
 
 
-async def test_pings_are_answered_on_each_hop(
+async def test_client_ping_reaches_upstream_and_its_pong_comes_back(
     client: TestClient[web.Request, web.Application], seen: asyncio.Queue[Any]
 ) -> None:
     async with client.ws_connect("/ws", autoping=False) as ws:
         await ws.ping(b"client-ping")
+        assert await next_seen(seen, "ping") == ("ping", b"client-ping")
         msg = await ws.receive(timeout=10)
         assert (msg.type, msg.data) == (WSMsgType.PONG, b"client-ping")
+
+
+async def test_upstream_ping_reaches_client_and_its_pong_reaches_upstream(
+    client: TestClient[web.Request, web.Application], seen: asyncio.Queue[Any]
+) -> None:
+    async with client.ws_connect("/ws", autoping=False) as ws:
         await ws.send_str("ping-me")
-        assert await next_seen(seen, "pong") == ("pong", b"upstream-ping")
+        msg = await ws.receive(timeout=10)
+        assert (msg.type, msg.data) == (WSMsgType.PING, b"upstream-ping")
+        # Another payload than the ping's: the pong seen upstream is this one.
+        await ws.pong(b"client-pong")
+        assert await next_seen(seen, "pong") == ("pong", b"client-pong")
+
+
+async def test_upstream_heartbeat_closes_a_silent_client(
+    client: TestClient[web.Request, web.Application], seen: asyncio.Queue[Any]
+) -> None:
+    # The client never answers the upstream's pings (a half-open client); if
+    # the proxy answered them, the upstream would keep the socket forever.
+    async with client.ws_connect("/heartbeat", autoping=False) as ws:
+        _, code, _ = await next_seen(seen, "closed")
+        assert code == WSCloseCode.ABNORMAL_CLOSURE  # aiohttp's heartbeat timeout
+        msg = await ws.receive(timeout=10)
+        while msg.type is WSMsgType.PING:
+            msg = await ws.receive(timeout=10)
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1014)  # the upstream is gone
+
+
+async def test_101_carries_the_request_id(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    async with client.ws_connect("/ws") as ws:
+        assert ws._response.headers["X-Request-ID"] == "rid-1"
 
 
 async def test_no_total_timeout(client: TestClient[web.Request, web.Application]) -> None:
-    # The proxy's session has total=1 s and sock_read=1 s; an idle socket
-    # must outlive both.
+    # The upstream's read timeout (the session's sock_read) is 1 s; an idle
+    # socket must outlive it.
     async with client.ws_connect("/ws") as ws:
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(READ_TIMEOUT * 1.5)
         await ws.send_str("still here")
         msg = await ws.receive(timeout=10)
         assert msg.data == "still here"
@@ -301,7 +370,7 @@ async def test_client_close_code_and_reason_reach_upstream(
     assert await next_seen(seen, "closed") == ("closed", 4002, "ciao")
 
 
-async def test_refused_handshake_returns_upstream_status(
+async def test_refused_handshake_is_relayed_as_it_came(
     client: TestClient[web.Request, web.Application],
 ) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
@@ -309,12 +378,38 @@ async def test_refused_handshake_returns_upstream_status(
     assert info.value.status == 403
     resp = await client.get("/refuse", headers=upgrade_headers())
     assert resp.status == 403
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
     assert resp.headers["X-Reason"] == "banned"
     assert resp.headers["Set-Cookie"] == "a=1"
-    assert await resp.json() == {
-        "error": "upstream refused the WebSocket upgrade",
-        "request_id": "rid-1",
-    }
+    assert resp.headers.getall("X-Request-ID") == ["rid-1"]  # the proxy's, as on HTTP
+    assert await resp.json() == REFUSAL
+
+
+async def test_an_answer_that_is_not_an_upgrade_is_relayed(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    resp = await client.get("/plain", headers=upgrade_headers())
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert "Upgrade" not in resp.headers
+    assert await resp.text() == "no WebSocket here"
+
+
+async def test_a_redirect_is_relayed_not_followed(
+    client: TestClient[web.Request, web.Application], seen: asyncio.Queue[Any]
+) -> None:
+    resp = await client.get("/moved", headers=upgrade_headers(), allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"] == "/ws"
+    assert seen.empty()  # /ws was never reached
+
+
+async def test_a_refusal_over_the_body_limit_is_502(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    resp = await client.get("/refuse-big", headers=upgrade_headers())
+    assert resp.status == 502
+    assert await resp.json() == {"error": "upstream refusal too large", "request_id": "rid-1"}
 
 
 async def test_upstream_down_is_502(
