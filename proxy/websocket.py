@@ -84,8 +84,10 @@ def _offered_protocols(request: web.BaseRequest) -> tuple[str, ...]:
     return tuple(token for token in offered if token)
 
 
-def _error(status: int, message: str, request_id: str) -> web.Response:
-    return error_response(status, message, request_id=request_id, kind="websocket")
+def _error(status: int, message: str, request_id: str, kind: str) -> web.Response:
+    # `kind` as on the HTTP path (connect, timeout, protocol): counted in
+    # club_proxy_upstream_errors_total like any other upstream failure.
+    return error_response(status, message, request_id=request_id, kind=kind)
 
 
 class _Refusal(Exception):
@@ -132,7 +134,7 @@ async def _relay_refusal(
 ) -> web.StreamResponse:
     """The upstream's answer as it came, through the HTTP path's header rules."""
     if refusal.body is None:
-        return _error(502, "upstream refusal too large", request_id)
+        return _error(502, "upstream refusal too large", request_id, "protocol")
     response = PassThroughResponse(
         status=refusal.status,
         reason=refusal.reason,
@@ -184,7 +186,7 @@ async def relay_websocket(
         )
     except TimeoutError:
         logger.warning("proxy.ws_upstream_timeout", extra=log)
-        return _error(504, "upstream WebSocket handshake timed out", rid)
+        return _error(504, "upstream WebSocket handshake timed out", rid, "timeout")
     except _Refusal as refusal:
         logger.info("proxy.ws_upstream_refused", extra={**log, "status": refusal.status})
         return await _relay_refusal(request, refusal, rid)
@@ -192,10 +194,10 @@ async def relay_websocket(
         # A 101 without Upgrade or with a wrong accept key: not an answer the
         # client could act on.
         logger.warning("proxy.ws_upstream_invalid", extra={**log, "error": exc.message})
-        return _error(502, "upstream sent an invalid WebSocket handshake", rid)
+        return _error(502, "upstream sent an invalid WebSocket handshake", rid, "protocol")
     except aiohttp.ClientError as exc:
         logger.warning("proxy.ws_upstream_unreachable", extra={**log, "error": repr(exc)})
-        return _error(502, "upstream unreachable", rid)
+        return _error(502, "upstream unreachable", rid, "connect")
     return await _accept_and_relay(request, upstream, max_msg_size=max_msg_size, log=log)
 
 

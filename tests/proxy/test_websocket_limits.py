@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiohttp import WSMsgType, web
 
+from proxy.app import PROXY
 from tests.proxy.forward_support import proxy_app
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ async def test_an_unanswered_handshake_is_504_after_the_read_timeout(
         "request_id": "ws-rid-2",
     }
     assert upstream.app[ARRIVED].is_set()  # connected: it was the answer that never came
+    metrics = client.app[PROXY].metrics.render().decode()
+    assert 'club_proxy_upstream_errors_total{kind="timeout",target="legacy"} 1.0' in metrics
 
 
 async def test_the_request_id_is_echoed_on_the_101(
