@@ -45,7 +45,10 @@ class Upstream:
     # Below the upstream's own keep-alive timeout (aiohttp's server default is 75 s),
     # so the proxy never reuses a connection the upstream is about to close.
     keepalive_timeout: float = 15.0
-    ws_max_message_size: int = 4 * 1024 * 1024
+    # Above aiohttp's 4 MiB default, so the proxy is not the hop that refuses
+    # a message club-api (or its client) would take; a message is held whole
+    # per hop, so this bounds the memory one socket can take.
+    ws_max_message_size: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -42,6 +42,14 @@ async def ws_echo(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def ws_echo_any_size(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(max_msg_size=0)
+    await ws.prepare(request)
+    async for msg in ws:
+        await ws.send_bytes(msg.data)
+    return ws
+
+
 async def slow(request: web.Request) -> web.WebSocketResponse:
     await asyncio.sleep(SLOW_ANSWER)
     return await ws_echo(request)
@@ -60,6 +68,7 @@ async def upstream(aiohttp_server: ServerFactory) -> TestServer:
     app[ARRIVED] = asyncio.Event()
     app[SEEN_IDS] = []
     app.router.add_get("/ws", ws_echo)
+    app.router.add_get("/any-size", ws_echo_any_size)
     app.router.add_get("/slow", slow)
     app.router.add_get("/silent", silent)
     return await aiohttp_server(app)
@@ -130,3 +139,17 @@ async def test_the_request_id_is_echoed_on_the_101(
     async with client.ws_connect("/ws") as ws:
         generated = ws._response.headers["X-Request-ID"]
     assert upstream.app[SEEN_IDS] == ["ws-rid-1", generated]
+
+
+async def test_a_5_mib_message_passes_both_ways_by_default(
+    aiohttp_client: ClientFactory, tmp_path: Path, upstream: TestServer
+) -> None:
+    # aiohttp's own default limit is 4 MiB; an upstream that allows more
+    # (or a client that sends more to one) must not meet a lower one here.
+    client = await _proxy(aiohttp_client, tmp_path, upstream)
+    payload = bytes(range(256)) * (5 * 1024 * 4)
+    async with client.ws_connect("/any-size", max_msg_size=0) as ws:
+        await ws.send_bytes(payload)
+        msg = await ws.receive(timeout=TIMEOUT)
+        assert msg.type is WSMsgType.BINARY
+        assert msg.data == payload
