@@ -51,6 +51,9 @@ class InProcessApp:
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._started = False
+        # Also for answers the handler prepares itself (a stream, a WebSocket),
+        # which are on the wire before the proxy sees them.
+        app.on_response_prepare.append(_echo_request_id)
 
     @property
     def app(self) -> web.Application:
@@ -116,6 +119,13 @@ class InProcessApp:
         if not response.prepared:
             await _run_prepare_hooks(inner, response)
         return response
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # The proxy put its request id in the request the new app sees.
+    rid = request.headers.get("X-Request-ID")
+    if rid is not None:
+        response.headers["X-Request-ID"] = rid
 
 
 def _inner_request(

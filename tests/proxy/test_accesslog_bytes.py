@@ -104,6 +104,7 @@ async def test_bytes_is_the_body_sent(
     rid = f"rid-{method}-{status}"
     async with client.request(method, path, headers={"X-Request-ID": rid}) as response:
         assert response.status == status
+        assert response.headers["X-Request-ID"] == rid  # whoever answered
         body, line = await _body_and_line(lines, response, rid)
     assert len(body) > 0
     assert line["status"] == status
