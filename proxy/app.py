@@ -2,8 +2,9 @@
 
 The request path is `proxy._dispatch.Proxy.handle`, one catch-all route in
 front of the route table. Resources live in `cleanup_ctx`: the watcher task,
-the upstream pools (kept in step with reloads) and the in-process new app.
-SIGHUP reloads routes.yaml.
+the upstream pools (kept in step with reloads) and the in-process new app,
+built once: a reload that would need other code is refused
+(`proxy.check.reload_errors`). SIGHUP reloads routes.yaml.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
@@ -19,6 +21,7 @@ from aiohttp import web
 from proxy._dispatch import Proxy
 from proxy.accesslog import AccessLog
 from proxy.appfactory import build_new_app
+from proxy.check import reload_errors
 from proxy.forward import error_response
 from proxy.headers import ForwardingPolicy, request_id_from
 from proxy.inprocess import InProcessApp
@@ -74,15 +77,15 @@ def server_handler_args(limits: ServerLimits) -> dict[str, object]:
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: watcher task, pools, in-process app and SIGHUP, in that order."""
+    """cleanup_ctx: in-process app built, pools, watcher task, app started and SIGHUP."""
     proxy = app[PROXY]
-    table = proxy.watcher.table
-    proxy.pools.sync(_upstreams_of(table))
+    new_app = _build_new_app(proxy.watcher)
+    proxy.pools.sync(_upstreams_of(proxy.watcher.table))
     proxy.watcher.add_listener(lambda _old, new: proxy.pools.sync(_upstreams_of(new)))
     await proxy.watcher.start()
     try:
-        if table.new is not None and table.new.app is not None:
-            proxy.inprocess = InProcessApp(build_new_app(table.new))
+        if new_app is not None:
+            proxy.inprocess = InProcessApp(new_app)
             await proxy.inprocess.start()
         loop = asyncio.get_running_loop()
         try:
@@ -99,6 +102,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         await proxy.watcher.stop()
         await proxy.pools.close()
+
+
+def _build_new_app(watcher: RoutesWatcher) -> web.Application | None:
+    """The in-process app the active table names (None: none); reloads are held to it."""
+    new = watcher.table.new
+    running = new if new is not None and new.app is not None else None
+    new_app = build_new_app(running) if running is not None else None
+    watcher.validator = partial(reload_errors, running=running, app=new_app)
+    return new_app
 
 
 def _on_sighup(watcher: RoutesWatcher) -> None:

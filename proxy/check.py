@@ -5,7 +5,8 @@ in-process `new` app (without starting it: no database is touched) and
 requires a handler in it for every method and path a route sends to `new`,
 including canary shares. When nothing is sent to `new` yet, an app that
 cannot be built is only a warning, so a cutover map can be written before the
-new code exists.
+new code exists. A live reload applies the same handler rule against the app
+the proxy runs (`reload_errors`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,18 @@ from proxy.routes import RouteTable, load_routes
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["CheckReport", "check_report", "check_routes", "run_check"]
+    from aiohttp import web
+
+    from proxy.model import NewTarget
+
+__all__ = [
+    "CheckReport",
+    "check_report",
+    "check_routes",
+    "handler_errors",
+    "reload_errors",
+    "run_check",
+]
 
 _PROG = "club-proxy"
 
@@ -64,15 +76,42 @@ def check_report(path: Path) -> CheckReport:
         else:
             report.warnings.append(f"{where}: {exc} (no route uses new yet)")
         return report
-    index = {route.id: i for i, route in enumerate(table.routes)}
-    for route, method in unhandled_new_routes(app, table.routes):
-        key = "to" if route.to == NEW else "canary.to"
-        report.errors.append(
-            f"{path}:{route.line}: routes[{index[route.id]}].{key}: route {route.id!r} sends "
-            f"{method or 'every method'} {route.path} to new, but the new app "
-            f"({new.app}) has no handler for it"
-        )
+    report.errors.extend(handler_errors(table, app))
     return report
+
+
+def handler_errors(table: RouteTable, app: web.Application) -> list[str]:
+    """One error per route and method that `table` sends to `new` and `app` has no handler for."""
+    spec = table.new.app if table.new is not None else None
+    index = {route.id: i for i, route in enumerate(table.routes)}
+    return [
+        f"{table.source}:{route.line}: routes[{index[route.id]}]."
+        f"{'to' if route.to == NEW else 'canary.to'}: route {route.id!r} sends "
+        f"{method or 'every method'} {route.path} to new, but the new app "
+        f"({spec}) has no handler for it"
+        for route, method in unhandled_new_routes(app, table.routes)
+    ]
+
+
+def reload_errors(
+    table: RouteTable, *, running: NewTarget | None, app: web.Application | None
+) -> list[str]:
+    """Why a running proxy must refuse `table` on reload; empty when it may apply it.
+
+    `running` is the `new:` the in-process `app` was built from (both None when
+    no app runs). A reload never loads other Python code, so the in-process part
+    of `new:` (`app`, `config_dir`) must stay as it started; then every route to
+    `new` needs a handler in `app`, as `check` requires. Changing or adding a
+    `new: {url}` (with no app running) or dropping `new:` is fine.
+    """
+    new = table.new
+    if new is not None and _in_process(new) != _in_process(running):
+        where = f"{table.source}:{_line_of(table.source, 'new')}: new"
+        change = f"{_describe(running)} -> {_describe(new)}"
+        return [
+            f"{where}: the new: section changed ({change}); restart club-proxy to load another app"
+        ]
+    return handler_errors(table, app) if app is not None else []
 
 
 def run_check(path: Path, *, out: TextIO | None = None) -> int:
@@ -101,6 +140,17 @@ def _summary(table: RouteTable) -> str:
         f"{len(table.routes)} routes ({to_new} to new), upstreams: {upstreams}, "
         f"default: {table.default}, sha256 {table.digest[:12]}"
     )
+
+
+def _in_process(new: NewTarget | None) -> tuple[str | None, Path | None]:
+    return (new.app, new.config_dir) if new is not None else (None, None)
+
+
+def _describe(new: NewTarget | None) -> str:
+    if new is not None and new.app is not None:
+        config = f" with config_dir {new.config_dir}" if new.config_dir is not None else ""
+        return f"app {new.app!r}{config}"
+    return f"url {new.url}" if new is not None else "no in-process app"
 
 
 def _line_of(path: Path, *keys: str) -> int:

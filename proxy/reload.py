@@ -7,10 +7,13 @@ immutable table) never changes a request in flight.
 The watcher polls rather than using inotify: it stats the directory and the
 file (mtime_ns, size, inode), which also catches a file replaced by rename (how
 editors and deploy tools write) and bind mounts whose inode changes. New content
-is applied only once two consecutive polls read the same bytes, so a file being
-written is never parsed half-way; an invalid file keeps the last good table,
-logs ``proxy.routes_reload_failed``, counts a failure and shows in
-`last_result`. `reload()` (what SIGHUP calls) reads and applies at once.
+is applied only once two consecutive polls read the same bytes, so an in-place
+write is applied once it has held still for a poll interval (a writer stalled
+longer on a valid prefix gets that prefix applied: rename a finished file into
+place to be safe). A candidate table must also pass `validator` (the running
+proxy's rules, `proxy.check.reload_errors`). An invalid or refused file keeps the
+last good table, logs ``proxy.routes_reload_failed``, counts a failure and shows
+in `last_result`. `reload()` (what SIGHUP calls) reads and applies at once.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ from proxy.errors import RoutesError
 from proxy.routes import RouteTable, load_routes, parse_routes
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from pathlib import Path
     from types import TracebackType
 
-__all__ = ["ReloadListener", "ReloadResult", "RoutesWatcher"]
+__all__ = ["ReloadListener", "ReloadResult", "RoutesWatcher", "Validator"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ _VERIFY_EVERY = 10
 _MISSING = "missing"  # the "digest" of a file that cannot be read
 
 ReloadListener: TypeAlias = "Callable[[RouteTable, RouteTable], None]"
+# Every reason a valid table must not replace the active one; empty: apply it.
+Validator: TypeAlias = "Callable[[RouteTable], Sequence[str]]"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,11 +77,18 @@ class _Snapshot:
 
 
 class RoutesWatcher:
-    """Holds the active route table and keeps it in step with the file."""
+    """Holds the active route table and keeps it in step with the file.
 
-    def __init__(self, path: Path, *, poll_interval: float = 0.5) -> None:
+    `validator`, when set, vets every new table after parsing; a table it
+    objects to is a failed reload like an invalid file.
+    """
+
+    def __init__(
+        self, path: Path, *, poll_interval: float = 0.5, validator: Validator | None = None
+    ) -> None:
         self.path = path
         self.poll_interval = poll_interval
+        self.validator = validator
         self._seen = self._signature()
         self.table: RouteTable = load_routes(path)
         self.last_result = ReloadResult(
@@ -110,7 +122,7 @@ class RoutesWatcher:
             table = parse_routes(snapshot.data, self.path)
         except RoutesError as exc:
             return self._fail(snapshot.digest, _describe(exc), trigger="reload")
-        return self._swap(table, trigger="reload")
+        return self._apply(table, trigger="reload")
 
     async def poll(self) -> ReloadResult | None:
         """One polling step; the result when it tried to apply new content, else None."""
@@ -129,7 +141,7 @@ class RoutesWatcher:
             return self._fail(snapshot.digest, _describe(exc), trigger="watch")
         if generation != self._generation:
             return None  # an explicit reload() ran meanwhile and read a newer file
-        return self._swap(table, trigger="watch")
+        return self._apply(table, trigger="watch")
 
     def _observe(self) -> _Snapshot | None:
         # Decide whether the file holds new content that has stopped changing.
@@ -164,6 +176,12 @@ class RoutesWatcher:
         except OSError as exc:
             return _Snapshot(digest=_MISSING, data=None, error=f"cannot read {self.path}: {exc}")
         return _Snapshot(digest=hashlib.sha256(data).hexdigest(), data=data)
+
+    def _apply(self, table: RouteTable, *, trigger: str) -> ReloadResult:
+        problems = self.validator(table) if self.validator is not None else ()
+        if problems:
+            return self._fail(table.digest, "\n".join(problems), trigger=trigger)
+        return self._swap(table, trigger=trigger)
 
     def _swap(self, table: RouteTable, *, trigger: str) -> ReloadResult:
         old, self.table = self.table, table

@@ -1,5 +1,6 @@
-"""The proxy app as a whole: routing to targets, live reload under traffic,
-per-route timeouts, the access log and metrics.
+"""The proxy app as a whole: routing to targets, a reload rebuilding a pool,
+per-route timeouts, the access log and metrics. Reload under traffic, on both
+request paths, is tests/proxy/test_reload_traffic.py.
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -94,60 +94,6 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
-
-
-async def test_reload_under_concurrent_traffic_loses_no_request(
-    client: TestClient[Any, Any],
-    routes_file: Path,
-    legacy: EchoUpstream,
-    other: EchoUpstream,
-) -> None:
-    proxy = client.app[PROXY] if client.app is not None else None
-    assert proxy is not None
-    statuses: list[int] = []
-    stop = asyncio.Event()
-
-    async def traffic() -> None:
-        while not stop.is_set():
-            async with client.get("/api/orders/1") as response:
-                await response.read()
-                statuses.append(response.status)
-
-    workers = [asyncio.create_task(traffic()) for _ in range(8)]
-    try:
-        # 1. A valid edit: orders move to the other upstream.
-        _write_atomically(routes_file, routes_text(legacy.url, other.url, orders_to="other"))
-        await wait_until(lambda: len(other.received) > 20)
-        # 2. An invalid edit is refused; the last good table stays.
-        failures = proxy.watcher.reload_failures
-        _write_atomically(routes_file, "version: 1\nupstreams: [not, a, mapping]\n")
-        await wait_until(lambda: proxy.watcher.reload_failures > failures)
-        before = len(other.received)
-        await wait_until(lambda: len(other.received) > before + 20)
-        # 3. A partial write, byte by byte, of a table moving orders back to legacy.
-        final = routes_text(legacy.url, other.url, orders_to="legacy").encode()
-        with routes_file.open("wb") as handle:
-            for start in range(0, len(final), 16):
-                handle.write(final[start : start + 16])
-                handle.flush()
-                os.fsync(handle.fileno())
-                await asyncio.sleep(0.01)
-        await wait_until(lambda: proxy.watcher.table.digest == _digest(final))
-        before = len(legacy.received)
-        await wait_until(lambda: len(legacy.received) > before + 20)
-    finally:
-        stop.set()
-        await asyncio.gather(*workers)
-    assert statuses
-    assert set(statuses) == {200}
-    # No half-written state was ever active: every table served orders to a real upstream.
-    assert proxy.watcher.table.routes[0].to == "legacy"
-
-
-def _digest(data: bytes) -> str:
-    import hashlib  # noqa: PLC0415
-
-    return hashlib.sha256(data).hexdigest()
 
 
 async def test_reload_that_changes_an_upstream_rebuilds_its_pool(

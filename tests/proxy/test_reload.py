@@ -210,6 +210,26 @@ async def test_explicit_reload_wins_over_a_slower_poll(routes_path: Path) -> Non
     assert watcher.table.digest == digest(content(3))
 
 
+async def test_a_table_the_validator_refuses_is_a_failed_reload(routes_path: Path) -> None:
+    # The seam `proxy.app` fills with `proxy.check.reload_errors` (tests/proxy/test_reload_app.py).
+    def at_most_two_routes(table: RouteTable) -> list[str]:
+        return [f"{len(table.routes)} routes"] if len(table.routes) > 2 else []
+
+    watcher = RoutesWatcher(routes_path, poll_interval=POLL, validator=at_most_two_routes)
+    good = watcher.table
+    routes_path.write_bytes(content(3))
+    assert await watcher.poll() is None  # first sighting
+    refused = await watcher.poll()
+    assert refused is not None
+    assert (refused.ok, refused.error, refused.digest) == (False, "3 routes", digest(content(3)))
+    assert watcher.table is good
+    assert await watcher.poll() is None  # the same content is refused once
+    assert watcher.reload().error == "3 routes"  # and by SIGHUP alike
+    routes_path.write_bytes(content(2))
+    assert watcher.reload().changed
+    assert (watcher.reload_successes, watcher.reload_failures) == (1, 2)
+
+
 def test_listeners_see_old_and_new(routes_path: Path) -> None:
     watcher = RoutesWatcher(routes_path, poll_interval=POLL)
     calls: list[tuple[str, str]] = []
