@@ -239,22 +239,31 @@ class Proxy:
             upstream_error=upstream_error,
         )
 
-    def record_rejected(self, *, request_id: str, status: int) -> None:
-        """Metrics and the access line of a request the parser rejected.
+    def record_rejected(
+        self,
+        *,
+        request_id: str,
+        status: int,
+        body_bytes: int,
+        method: str = "-",
+        raw_target: str = "",
+    ) -> None:
+        """Metrics and the access line of a request the proxy refused before routing.
 
-        It was never routed, and its method and target are not trustworthy
-        text: the line says `-` and an empty path, the request id ties it to
-        the `proxy.bad_request` warning that has the parser's detail.
+        The parser's rejects keep the defaults: their method and target are
+        not trustworthy text, so the line says `-` and an empty path, and the
+        request id ties it to the `proxy.bad_request` warning with the
+        parser's detail. The duration is 0: no start time is known.
         """
-        self.metrics.observe(REJECTED_ROUTE, PROXY_TARGET, "-", status, 0.0)
+        self.metrics.observe(REJECTED_ROUTE, PROXY_TARGET, method, status, 0.0)
         self.access.log(
             request_id=request_id,
             route=REJECTED_ROUTE,
             target=PROXY_TARGET,
-            method="-",
-            raw_target="",
+            method=method,
+            raw_target=raw_target,
             status=status,
-            body_bytes=0,
+            body_bytes=body_bytes,
             seconds=0.0,
         )
 

@@ -115,9 +115,6 @@ class ProxyRequestHandler(web.RequestHandler):
             data["error"] = type(exc).__name__
             data["detail"] = detail[:_DETAIL_LIMIT]
             logger.warning("proxy.bad_request", extra=data)
-            proxy = getattr(self._manager, "proxy", None)
-            if proxy is not None:
-                proxy.record_rejected(request_id=rid, status=status)
         if request.writer.output_size > 0:
             # As aiohttp: an answer already started cannot be replaced.
             msg = "Response is sent already, cannot send another response with the error message"
@@ -125,6 +122,10 @@ class ProxyRequestHandler(web.RequestHandler):
         response = error_response(
             status, HTTPStatus(status).phrase.lower(), request_id=rid, kind="bad_request"
         )
+        proxy = getattr(self._manager, "proxy", None)
+        if proxy is not None and status < HTTPStatus.INTERNAL_SERVER_ERROR:
+            # A 5xx here is a routed request, recorded by the proxy's handler.
+            proxy.record_rejected(request_id=rid, status=status, body_bytes=response.body_size)
         # After a framing error the rest of the stream cannot be trusted
         # (smuggling): never read another request from this connection.
         response.force_close()

@@ -132,8 +132,17 @@ async def _non_origin_targets(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
     rid = request_id_from(request.headers.get("X-Request-ID"))
     if request.method == "CONNECT":
-        return error_response(405, "method not allowed", request_id=rid, kind="method")
-    return error_response(400, "unsupported request target", request_id=rid, kind="target")
+        response = error_response(405, "method not allowed", request_id=rid, kind="method")
+    else:
+        response = error_response(400, "unsupported request target", request_id=rid, kind="target")
+    request.app[PROXY].record_rejected(
+        request_id=rid,
+        status=response.status,
+        body_bytes=response.body_size,
+        method=request.method,
+        raw_target=request.raw_path,
+    )
+    return response
 
 
 def create_app(

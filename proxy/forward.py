@@ -81,13 +81,15 @@ class ErrorResponse(web.Response):
     """A failure answered by the proxy itself; `kind` names it for metrics and logs."""
 
     def __init__(self, *, status: int, error: str, request_id: str, kind: str) -> None:
+        body = error_body(error, request_id)
         super().__init__(
             status=status,
-            body=error_body(error, request_id),
+            body=body,
             content_type="application/json",
             headers={"X-Request-ID": request_id},
         )
         self.kind = kind
+        self.body_size = len(body)
 
     async def _prepare_headers(self) -> None:
         await super()._prepare_headers()

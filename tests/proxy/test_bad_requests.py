@@ -81,7 +81,7 @@ async def test_malformed_request_gets_json_400_one_warning_and_a_closed_connecti
             "path": "",
             "query": "",
             "status": 400,
-            "bytes": 0,
+            "bytes": len(response.body),
             "duration_ms": 0.0,
         }
     ]
@@ -149,3 +149,26 @@ async def test_rejected_requests_are_counted_under_their_own_route(
         'club_proxy_requests_total{method="OTHER",route="(rejected)",status="400",'
         'target="(proxy)"} 2.0'
     ) in text
+
+
+async def test_a_refused_target_form_gets_an_access_line(
+    raw: RawClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    await raw.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    response = await raw.read_response()
+    assert response.status == 405
+    access = [r.access for r in caplog.records if r.getMessage() == "proxy.access"]  # type: ignore[attr-defined]
+    assert access == [
+        {
+            "request_id": response.header("X-Request-ID"),
+            "route": "(rejected)",
+            "target": "(proxy)",
+            "method": "CONNECT",
+            "path": "example.com:443",
+            "query": "",
+            "status": 405,
+            "bytes": len(response.body),
+            "duration_ms": 0.0,
+        }
+    ]

@@ -265,6 +265,9 @@ def _answer(response: RawResponse) -> tuple[object, ...]:
     body: object = response.body
     if response.header("Content-Type") == "application/json":
         body = json.loads(response.body)
+        if isinstance(body, dict) and "headers" in body:
+            # The echo of a refused upgrade: each WebSocket hop draws its own key.
+            body["headers"] = [h for h in body["headers"] if h[0] != "Sec-WebSocket-Key"]
     return (
         response.status,
         response.informational,
