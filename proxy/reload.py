@@ -134,13 +134,18 @@ class RoutesWatcher:
         if snapshot.digest == self.table.digest:
             return self._record_ok(snapshot.digest, trigger="watch")  # e.g. restored after a delete
         generation = self._generation
+        table: RouteTable | None = None
         try:
             # Parsing runs in a thread so a large file never stalls the proxy's loop.
             table = await asyncio.to_thread(parse_routes, snapshot.data, self.path)
         except RoutesError as exc:
-            return self._fail(snapshot.digest, _describe(exc), trigger="watch")
+            error = _describe(exc)
         if generation != self._generation:
-            return None  # an explicit reload() ran meanwhile and read a newer file
+            # An explicit reload() ran meanwhile and read a newer file: this
+            # result, good or bad, is older than the one it recorded.
+            return None
+        if table is None:
+            return self._fail(snapshot.digest, error, trigger="watch")
         return self._apply(table, trigger="watch")
 
     def _observe(self) -> _Snapshot | None:

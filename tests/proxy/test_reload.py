@@ -210,6 +210,21 @@ async def test_explicit_reload_wins_over_a_slower_poll(routes_path: Path) -> Non
     assert watcher.table.digest == digest(content(3))
 
 
+async def test_a_slower_poll_of_an_invalid_file_does_not_undo_an_explicit_reload(
+    routes_path: Path,
+) -> None:
+    watcher = RoutesWatcher(routes_path, poll_interval=POLL)
+    routes_path.write_bytes(b"version: 1\nroutes: nope\n")
+    assert await watcher.poll() is None  # first sighting
+    polling = asyncio.create_task(watcher.poll())
+    await asyncio.sleep(0)  # the poll is parsing the invalid content in a thread
+    routes_path.write_bytes(content(3))
+    assert watcher.reload().changed
+    assert await polling is None  # its older failure is dropped, not recorded
+    assert watcher.last_result.ok
+    assert (watcher.reload_successes, watcher.reload_failures) == (1, 0)
+
+
 async def test_a_table_the_validator_refuses_is_a_failed_reload(routes_path: Path) -> None:
     # The seam `proxy.app` fills with `proxy.check.reload_errors` (tests/proxy/test_reload_app.py).
     def at_most_two_routes(table: RouteTable) -> list[str]:
