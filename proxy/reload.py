@@ -135,6 +135,7 @@ class RoutesWatcher:
             return self._record_ok(snapshot.digest, trigger="watch")  # e.g. restored after a delete
         generation = self._generation
         table: RouteTable | None = None
+        error = ""
         try:
             # Parsing runs in a thread so a large file never stalls the proxy's loop.
             table = await asyncio.to_thread(parse_routes, snapshot.data, self.path)
