@@ -1,9 +1,10 @@
 """Run the proxy: one event loop per process, N processes on one port.
 
-With `workers > 1` a supervisor starts N worker processes that each bind the
-proxy port with SO_REUSEPORT (the kernel spreads connections), and forwards
-SIGTERM/SIGINT/SIGHUP to them. Each worker has its own admin API on
-`admin_port + index`, its own metrics and its own route watcher.
+With `workers > 1` a supervisor (`proxy._supervisor`) starts N worker
+processes that each bind the proxy port with SO_REUSEPORT (the kernel spreads
+connections), forwards SIGTERM/SIGINT/SIGHUP to them and respawns one that
+dies. Each worker has its own admin API on `admin_port + index`, its own
+metrics and its own route watcher.
 
 Shutdown on SIGTERM (or SIGINT) is graceful: /-/ready turns 503, the listening
 socket closes, requests in flight get up to `drain_timeout` seconds to finish
@@ -14,11 +15,12 @@ uvloop is used when it is installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
-import multiprocessing
 import os
 import signal
 from dataclasses import dataclass
@@ -27,14 +29,14 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from proxy._protocol import ProxyAppRunner
+from proxy._supervisor import supervise
 from proxy.accesslog import configure_logging, stdout_access_log
 from proxy.admin import check_admin_binding, create_admin_app
 from proxy.app import PROXY, create_app
 from proxy.routes import load_routes
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
-    from multiprocessing.process import BaseProcess
+    from collections.abc import Callable, Coroutine, Iterator
     from pathlib import Path
     from typing import Any
 
@@ -105,8 +107,28 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
-async def serve(config: ServeConfig, *, index: int = 0, reuse_port: bool = False) -> None:
-    """Serve until SIGTERM/SIGINT, then drain and stop (one process)."""
+async def serve(
+    config: ServeConfig,
+    *,
+    index: int = 0,
+    reuse_port: bool = False,
+    on_serving: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and stop (one process).
+
+    `on_serving` is called once the proxy listens (the supervisor's signal).
+    """
+    with _stop_signals() as stop:
+        await _serve(config, index, reuse_port, on_serving, stop)
+
+
+async def _serve(
+    config: ServeConfig,
+    index: int,
+    reuse_port: bool,  # noqa: FBT001 - internal, positional from serve()
+    on_serving: Callable[[], None] | None,
+    stop: asyncio.Event,
+) -> None:
     _tune_allocator()
     access_log = stdout_access_log(enabled=config.access_log)
     app = create_app(
@@ -129,12 +151,14 @@ async def serve(config: ServeConfig, *, index: int = 0, reuse_port: bool = False
                 create_admin_app(app, token=config.admin_token), access_log=None
             )
             await _start_admin(admin_runner, config, index)
+        if on_serving is not None:
+            on_serving()  # first: whoever reads "listening" may count on it
         _log_listening(config, index)
         # Everything built so far lives as long as the process: keep it out of
         # the collector's generations so a collection only walks request garbage.
         gc.collect()
         gc.freeze()
-        await _wait_for_stop()
+        await stop.wait()
         logger.info("proxy.draining", extra={"worker": index, "timeout": config.drain_timeout})
         proxy.ready = False
     finally:
@@ -166,21 +190,28 @@ def _log_listening(config: ServeConfig, index: int) -> None:
     )
 
 
-async def _wait_for_stop() -> None:
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[asyncio.Event]:
+    """An event set by SIGTERM/SIGINT, from the start of `serve`.
+
+    Installed before the port is bound: a stop signal that comes while the
+    process is still starting (a supervisor stopping a worker it has just
+    respawned) then drains it like any other, instead of killing it.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
 
 
-def _worker(config: ServeConfig, index: int) -> None:
+def _worker(config: ServeConfig, index: int, on_serving: Callable[[], None]) -> None:
     configure_logging(config.log_level, access_log=config.access_log)
-    _run_loop(serve(config, index=index, reuse_port=True))
+    _run_loop(serve(config, index=index, reuse_port=True, on_serving=on_serving))
 
 
 def run(config: ServeConfig) -> int:
@@ -191,28 +222,4 @@ def run(config: ServeConfig) -> int:
     if config.workers == 1:
         _run_loop(serve(config))
         return 0
-    return _supervise(config)
-
-
-def _supervise(config: ServeConfig) -> int:
-    context = multiprocessing.get_context("spawn")
-    workers: list[BaseProcess] = []
-    for index in range(config.workers):
-        worker = context.Process(target=_worker, args=(config, index), name=f"club-proxy-{index}")
-        worker.start()
-        workers.append(worker)
-
-    def forward(signum: int, _frame: object) -> None:
-        for process in workers:
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signal.SIGTERM if signum == signal.SIGINT else signum)
-
-    for sig in (*_STOP_SIGNALS, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for process in workers:
-        process.join()
-    codes = [process.exitcode or 0 for process in workers]
-    if any(codes):
-        logger.error("proxy.worker_failed", extra={"exit_codes": codes})
-        return 1
-    return 0
+    return supervise(config.workers, functools.partial(_worker, config))

@@ -1,0 +1,134 @@
+"""`club-proxy run --workers 2` as a real process: a worker that dies is replaced.
+
+The master's and the workers' JSON log lines (stderr) say which worker listens
+with which pid, and which one died; the test kills only the worker processes
+its own `club-proxy run` started, by the pids they logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+
+from tests.proxy.echo_upstream import EchoUpstream
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+STARTUP = 30.0
+ROUTES = (
+    "version: 1\n"
+    'upstreams: {{legacy: {{url: "{url}"}}}}\n'
+    "default: legacy\n"
+    'routes: [{{id: orders, match: "GET /api/orders/{{id}}", to: legacy}}]\n'
+)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[EchoUpstream]:
+    echo = await EchoUpstream().start()
+    yield echo
+    await echo.close()
+
+
+class Run:
+    """A `club-proxy run --workers 2` process and the log lines it has written."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.lines: list[dict[str, Any]] = []
+        self._returned: set[int] = set()
+
+    async def next_event(self, event: str, **fields: object) -> dict[str, Any]:
+        """The first log line with `event` and `fields` not returned before.
+
+        Lines of different workers come in any order: earlier lines are kept
+        and searched first.
+        """
+        assert self.process.stderr is not None
+        while True:
+            for line in self.lines:
+                if id(line) in self._returned:
+                    continue
+                if line.get("event") == event and all(line.get(k) == v for k, v in fields.items()):
+                    self._returned.add(id(line))
+                    return line
+            raw = await asyncio.wait_for(self.process.stderr.readline(), STARTUP)
+            assert raw, f"the proxy exited; its log: {self.lines}"
+            try:
+                self.lines.append(json.loads(raw))
+            except ValueError:
+                continue  # not one of ours (a traceback of a worker that died)
+
+    async def get_ok(self, session: aiohttp.ClientSession, count: int) -> None:
+        for _ in range(count):
+            async with session.get(f"http://127.0.0.1:{self.port}/api/orders/1") as response:
+                assert response.status == 200
+
+
+@pytest.fixture
+async def run(
+    tmp_path: Path, upstream: EchoUpstream, unused_tcp_port_factory: Any
+) -> AsyncIterator[Run]:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES.format(url=upstream.url), encoding="utf-8")
+    port = unused_tcp_port_factory()
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "proxy", "run", "--routes", str(routes), "--port", str(port)),
+        *("--admin-port", "0", "--workers", "2", "--no-access-log"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    started = Run(process, port)
+    try:
+        yield started
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), STARTUP)
+
+
+async def test_a_killed_worker_is_replaced_and_the_master_still_stops_cleanly(run: Run) -> None:
+    first = await run.next_event("proxy.listening", worker=0)
+    await run.next_event("proxy.listening", worker=1)
+    os.kill(first["pid"], signal.SIGKILL)
+    died = await run.next_event("proxy.worker_died", worker=0)
+    assert (died["pid"], died["exit_code"]) == (first["pid"], -signal.SIGKILL)
+    assert (died["had_started"], died["respawn_in_s"]) == (True, 0.0)  # at once
+    second = await run.next_event("proxy.listening", worker=0)
+    assert second["pid"] != first["pid"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=STARTUP)) as session:
+        await run.get_ok(session, 20)
+    run.process.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(run.process.wait(), STARTUP)
+    assert code == 0, f"its log: {run.lines}, then {await run.process.stderr.read()!r}"  # type: ignore[union-attr]
+
+
+async def test_a_worker_that_cannot_start_is_retried_until_it_can(
+    run: Run, tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    first = await run.next_event("proxy.listening", worker=0)
+    await run.next_event("proxy.listening", worker=1)
+    routes = tmp_path / "routes.yaml"
+    # Running workers keep their table; a new one cannot load this file.
+    routes.write_text("version: 1\nroutes: nope\n", encoding="utf-8")
+    os.kill(first["pid"], signal.SIGKILL)
+    await run.next_event("proxy.worker_died", worker=0, had_started=True, respawn_in_s=0.0)
+    quick = await run.next_event("proxy.worker_died", worker=0)
+    again = await run.next_event("proxy.worker_died", worker=0)
+    assert 0 < quick["respawn_in_s"] < again["respawn_in_s"]  # backing off, not spinning
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=STARTUP)) as session:
+        await run.get_ok(session, 10)  # worker 1 serves meanwhile
+        routes.write_text(ROUTES.format(url=upstream.url), encoding="utf-8")
+        back = await run.next_event("proxy.listening", worker=0)
+        assert back["pid"] != first["pid"]
+        await run.get_ok(session, 10)
