@@ -33,7 +33,8 @@ from proxy._supervisor import supervise
 from proxy.accesslog import configure_logging, stdout_access_log
 from proxy.admin import check_admin_binding, create_admin_app
 from proxy.app import PROXY, create_app
-from proxy.routes import load_routes
+from proxy.check import check_routes
+from proxy.errors import ProxyError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator
@@ -217,8 +218,13 @@ def _worker(config: ServeConfig, index: int, on_serving: Callable[[], None]) -> 
 def run(config: ServeConfig) -> int:
     """Serve with `config.workers` processes; the exit code of the whole run."""
     check_admin_binding(config.admin_host, config.admin_token)
-    # Fail before any process starts: an invalid file is a RoutesError naming file, line, key.
-    load_routes(config.routes_path)
+    # Fail before any process starts, on exactly what `club-proxy check`
+    # rejects (as nginx will not start on what `nginx -t` rejects): each
+    # problem names file, line and key, including a route to `new` that the
+    # new app has no handler for.
+    problems = check_routes(config.routes_path)
+    if problems:
+        raise ProxyError("\n".join(problems))
     if config.workers == 1:
         _run_loop(serve(config))
         return 0
