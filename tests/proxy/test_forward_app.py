@@ -15,11 +15,12 @@ from aiohttp import web
 
 from proxy.accesslog import ACCESS_LOGGER
 from proxy.app import PROXY, create_app
+from tests.proxy import forward_support
 from tests.proxy.echo_upstream import EchoUpstream
 from tests.proxy.forward_support import TIMEOUT
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
     from pathlib import Path
 
     from aiohttp.test_utils import TestClient
@@ -40,18 +41,9 @@ def routes_text(legacy: str, other: str, *, orders_to: str = "legacy", extra: st
     )
 
 
-@pytest.fixture
-async def legacy() -> AsyncIterator[EchoUpstream]:
-    echo = await EchoUpstream().start()
-    yield echo
-    await echo.close()
-
-
-@pytest.fixture
-async def other() -> AsyncIterator[EchoUpstream]:
-    echo = await EchoUpstream().start()
-    yield echo
-    await echo.close()
+# Two distinct echo upstreams, from the one fixture function.
+legacy = forward_support.upstream
+other = forward_support.upstream
 
 
 @pytest.fixture

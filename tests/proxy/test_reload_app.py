@@ -22,10 +22,9 @@ import pytest
 from proxy.admin import create_admin_app
 from proxy.app import PROXY, create_app
 from proxy.check import check_routes
-from tests.proxy.echo_upstream import EchoUpstream
+from tests.proxy import forward_support
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from aiohttp import web
@@ -33,23 +32,15 @@ if TYPE_CHECKING:
     from pytest_aiohttp import AiohttpClient
 
     from proxy.reload import ReloadResult, RoutesWatcher
+    from tests.proxy.echo_upstream import EchoUpstream
 
 SAMPLE = "tests.proxy.newapp_sample:create_app"
 APP = f'new: {{app: "{SAMPLE}"}}\n'
 
 
-@pytest.fixture
-async def legacy() -> AsyncIterator[EchoUpstream]:
-    echo = await EchoUpstream().start()
-    yield echo
-    await echo.close()
-
-
-@pytest.fixture
-async def other() -> AsyncIterator[EchoUpstream]:
-    echo = await EchoUpstream().start()
-    yield echo
-    await echo.close()
+# Two distinct echo upstreams, from the one fixture function.
+legacy = forward_support.upstream
+other = forward_support.upstream
 
 
 def routes_text(legacy: EchoUpstream, new: str, routes: str) -> str:

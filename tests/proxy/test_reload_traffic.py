@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from proxy.app import PROXY, create_app
+from tests.proxy import forward_support
 from tests.proxy.echo_upstream import EchoUpstream
 from tests.proxy.forward_support import TIMEOUT, RawClient, request, serve_proxy
 
@@ -42,18 +43,9 @@ _HANDOFFS = re.compile(
 )
 
 
-@pytest.fixture
-async def legacy() -> AsyncIterator[EchoUpstream]:
-    echo = await EchoUpstream().start()
-    yield echo
-    await echo.close()
-
-
-@pytest.fixture
-async def other() -> AsyncIterator[EchoUpstream]:
-    echo = await EchoUpstream().start()
-    yield echo
-    await echo.close()
+# Two distinct echo upstreams, from the one fixture function.
+legacy = forward_support.upstream
+other = forward_support.upstream
 
 
 def routes_bytes(
