@@ -215,10 +215,9 @@ class FastLane(asyncio.Protocol):
             messages, upgraded, _ = parser.feed_data(data)
         except (BadHttpMethod, BadStatusLine):
             # llhttp's answer to a method it does not know (BadStatusLine for
-            # RTSP's, which it expects with RTSP/1.0). `raw` starts with the
-            # request line; the handler's parser checks all of it again.
-            extension = EXTENSION_METHOD.match(raw) is not None
-            self._hand_off("extension" if extension else "malformed")
+            # RTSP's, which it expects with RTSP/1.0), but also to a bad
+            # version after a method it knows: that stays a 400 of its own.
+            self._hand_off("extension" if self._unknown_method(raw) else "malformed")
             return
         except Exception:  # aiohttp's handler answers it (400) and logs it
             self._hand_off("malformed")
@@ -235,6 +234,23 @@ class FastLane(asyncio.Protocol):
         reason = self._start(message)
         if reason is not None:
             self._hand_off(reason)
+
+    def _unknown_method(self, raw: bytes) -> bool:
+        """Whether `raw` starts with a method nginx passes and llhttp does not know."""
+        match = EXTENSION_METHOD.match(raw)
+        if match is None:
+            return False
+        probe = HttpRequestParser(
+            self,  # type: ignore[arg-type]
+            self.loop,
+            _READ_LIMIT,
+            **self._host.parser_limits,  # type: ignore[arg-type]
+        )
+        try:
+            probe.feed_data(match.group() + b"/ HTTP/1.1\r\nHost: probe\r\n\r\n")
+        except (BadHttpMethod, BadStatusLine):
+            return True
+        return False
 
     def _start(self, message: RawRequestMessage) -> str | None:
         """Relay `message` (`LaneCall`); or say why aiohttp must answer it."""

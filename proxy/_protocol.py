@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError
 from aiohttp.http_parser import HttpRequestParserPy
 from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestPayloadError
 
-from proxy._fastlane import EXTENSION_METHOD, FastLane, LaneHost
+from proxy._fastlane import FastLane, LaneHost
 from proxy.forward import error_response
 from proxy.headers import request_id_from
 
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 # Parser messages quote client bytes: enough to diagnose, not a log filler.
 _DETAIL_LIMIT: Final = 200
+_EXTENSION_REQUEST_LINE: Final = re.compile(rb"[A-Z_-]{1,32} /[\x21-\x7e]* HTTP/1\.[01]")
 # aiohttp's RequestHandler defaults, for a server that sets none.
 _AIOHTTP_LIMIT: Final = 8190
 _AIOHTTP_MAX_HEADERS: Final = 128
@@ -58,8 +60,11 @@ class ExtensionMethodParser(HttpRequestParserPy):
     """
 
     def parse_message(self, lines: list[bytes]) -> RawRequestMessage:
-        if EXTENSION_METHOD.match(lines[0]) is None:
-            raise BadHttpMethod(lines[0].partition(b" ")[0].decode("ascii", "replace"))
+        # The request line as llhttp would take it, and no more: an origin-form
+        # target of visible ASCII (the Python parser would take other bytes,
+        # which nothing downstream expects) and HTTP/1.0 or 1.1.
+        if _EXTENSION_REQUEST_LINE.fullmatch(lines[0]) is None:
+            raise BadStatusLine(lines[0][:_DETAIL_LIMIT].decode("ascii", "replace"))
         return super().parse_message(lines)
 
 

@@ -15,6 +15,7 @@ the `proxy.access` logger instead, formatting nothing unless it is enabled.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import sys
@@ -159,14 +160,20 @@ class AccessLog:
             # upstream name, an HTTP method token, a fixed reason), and a dict
             # for orjson cost more than the line itself.
             path, _, query = raw_target.partition("?")
+            try:
+                path_json = orjson.dumps(path)
+                query_json = orjson.dumps(redact_query(query)) if query else b'""'
+            except TypeError:  # a lone surrogate, as in JsonFormatter.format
+                path_json = json.dumps(path).encode()
+                query_json = json.dumps(redact_query(query)).encode()
             line = _LINE % (
                 self._clock.stamp(time.time()),
                 request_id.encode(),
                 route.encode(),
                 target.encode(),
                 method.encode(),
-                orjson.dumps(path),
-                orjson.dumps(redact_query(query)) if query else b'""',
+                path_json,
+                query_json,
                 status,
                 body_bytes,
                 seconds * 1000,
@@ -247,7 +254,12 @@ class JsonFormatter(logging.Formatter):
             line.update(access)
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=repr).decode()
+        try:
+            return orjson.dumps(line, default=repr).decode()
+        except TypeError:
+            # A str orjson refuses (a lone surrogate from bytes decoded with
+            # surrogateescape): the stdlib escapes it instead of failing.
+            return json.dumps(line, default=repr)
 
 
 def configure_logging(level: str = "INFO", *, access_log: bool = True) -> None:

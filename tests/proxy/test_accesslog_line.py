@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 
-from proxy.accesslog import AccessLog
+from proxy.accesslog import AccessLog, JsonFormatter
 
 
 def _lines(**fields: object) -> list[dict[str, object]]:
@@ -39,6 +40,8 @@ def _lines(**fields: object) -> list[dict[str, object]]:
         ("/ctl\x01\x7f/é", "/ctl\x01\x7f/é", ""),
         ('/a?b="c"&token=s3cret&d=\\', "/a", 'b="c"&token=[redacted]&d=\\'),
         ("/a?", "/a", ""),
+        # Bytes no parser should pass, decoded with surrogateescape: still a line.
+        ("/a\udcffb?q=\udcfe", "/a\udcffb", "q=\udcfe"),
     ],
 )
 def test_the_line_is_json_with_the_path_and_query_as_sent(
@@ -57,3 +60,10 @@ def test_a_cut_answer_says_why() -> None:
     assert line["aborted"] == "upstream"
     assert line["route"] == "users.get"
     assert line["request_id"] == "rid-1"
+
+
+def test_a_log_record_with_a_lone_surrogate_is_still_a_json_line() -> None:
+    record = logging.LogRecord("proxy", logging.WARNING, __file__, 1, "proxy.bad_request", (), None)
+    record.detail = "b'\udcff'"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["detail"] == "b'\udcff'"

@@ -105,6 +105,45 @@ async def test_the_extension_parser_keeps_the_framing_rules(
     assert upstream.received == []
 
 
+REFUSED_LINES = {
+    "known-method-bad-version": b"GET /echo HTTP/1.2",
+    "known-method-no-host-bad-version": b"GET /echo HTTP/9.9",
+    "extension-bad-version": b"BREW /echo HTTP/1.2",
+    "extension-non-ascii-target": b"BREW /a\xffb HTTP/1.1",
+    "extension-non-ascii-query": b"BREW /echo?q=\xff HTTP/1.1",
+    "extension-absolute-form": b"BREW http://proxy.test/echo HTTP/1.1",
+    "extension-non-ascii-host": b"BREW http://\xff/x HTTP/1.1",
+}
+
+
+@pytest.mark.parametrize("line", REFUSED_LINES.values(), ids=REFUSED_LINES.keys())
+async def test_request_lines_llhttp_refuses_stay_refused(
+    raw: RawClient, upstream: EchoUpstream, line: bytes
+) -> None:
+    # What the pure-Python parser would take beyond llhttp: never through it.
+    host = b"" if b"no-host" in line or b"9.9" in line else b"Host: proxy.test\r\n"
+    await raw.send(line + b"\r\n" + host + b"\r\n")
+    response = await raw.read_response()
+    assert response.status == 400
+    assert await raw.rest_until_close() == b""
+    assert upstream.received == []
+
+
+@pytest.mark.parametrize(
+    "line", [b"GET /a\xffb HTTP/1.1", b"GET http://\xff/x HTTP/1.1", b"CONNECT a\xff:80 HTTP/1.1"]
+)
+async def test_a_connection_on_the_extension_parser_keeps_llhttps_request_line_rules(
+    raw: RawClient, upstream: EchoUpstream, line: bytes
+) -> None:
+    await raw.send(request("BREW", "/pot"))
+    assert (await raw.read_response()).status == 200
+    await raw.send(line + b"\r\nHost: proxy.test\r\n\r\n")
+    response = await raw.read_response()
+    assert response.status == 400
+    assert await raw.rest_until_close() == b""
+    assert [r.target for r in upstream.received] == [b"/pot"]
+
+
 async def test_the_http2_preface_is_refused(raw: RawClient, upstream: EchoUpstream) -> None:
     await raw.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
     assert (await raw.read_response()).status == 400
