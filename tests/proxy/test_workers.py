@@ -8,9 +8,11 @@ its own `club-proxy run` started, by the pids they logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -75,16 +77,15 @@ class Run:
                 assert response.status == 200
 
 
-@pytest.fixture
-async def run(
-    tmp_path: Path, upstream: EchoUpstream, unused_tcp_port_factory: Any
+@contextlib.asynccontextmanager
+async def club_proxy_run(
+    tmp_path: Path, upstream: EchoUpstream, port: int, admin_port: int = 0
 ) -> AsyncIterator[Run]:
     routes = tmp_path / "routes.yaml"
     routes.write_text(ROUTES.format(url=upstream.url), encoding="utf-8")
-    port = unused_tcp_port_factory()
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "proxy", "run", "--routes", str(routes), "--port", str(port)),
-        *("--admin-port", "0", "--workers", "2", "--no-access-log"),
+        *("--admin-port", str(admin_port), "--workers", "2", "--no-access-log"),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -95,6 +96,14 @@ async def run(
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
             await asyncio.wait_for(process.wait(), STARTUP)
+
+
+@pytest.fixture
+async def run(
+    tmp_path: Path, upstream: EchoUpstream, unused_tcp_port_factory: Any
+) -> AsyncIterator[Run]:
+    async with club_proxy_run(tmp_path, upstream, unused_tcp_port_factory()) as started:
+        yield started
 
 
 async def test_a_killed_worker_is_replaced_and_the_master_still_stops_cleanly(run: Run) -> None:
@@ -132,3 +141,29 @@ async def test_a_worker_that_cannot_start_is_retried_until_it_can(
         back = await run.next_event("proxy.listening", worker=0)
         assert back["pid"] != first["pid"]
         await run.get_ok(session, 10)
+
+
+async def test_a_stop_signal_while_a_worker_starts_drains_it(run: Run) -> None:
+    first = await run.next_event("proxy.listening", worker=0)
+    await run.next_event("proxy.listening", worker=1)
+    os.kill(first["pid"], signal.SIGKILL)
+    await run.next_event("proxy.worker_died", worker=0)
+    # The replacement is starting (importing, binding) when the stop comes.
+    run.process.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(run.process.wait(), STARTUP)
+    assert code == 0, f"its log: {run.lines}, then {await run.process.stderr.read()!r}"  # type: ignore[union-attr]
+
+
+async def test_a_worker_that_cannot_start_at_all_stops_the_master(
+    tmp_path: Path, upstream: EchoUpstream, unused_tcp_port_factory: Any
+) -> None:
+    # Worker 1's admin port (admin + 1) is taken: it cannot start, and nothing
+    # has served in its slot yet, so the whole run fails as one process would.
+    admin = unused_tcp_port_factory()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", admin + 1))
+        taken.listen()
+        async with club_proxy_run(tmp_path, upstream, unused_tcp_port_factory(), admin) as run:
+            failed = await run.next_event("proxy.worker_start_failed", worker=1)
+            assert failed["had_started"] is False
+            assert await asyncio.wait_for(run.process.wait(), STARTUP) == 1
