@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from proxy._protocol import ProxyAppRunner
-from proxy._supervisor import supervise
+from proxy._supervisor import supervise, unblock_stop_signals
 from proxy.accesslog import configure_logging, stdout_access_log
 from proxy.admin import check_admin_binding, create_admin_app
 from proxy.app import PROXY, create_app
@@ -46,6 +46,8 @@ __all__ = ["ServeConfig", "run", "serve"]
 logger = logging.getLogger(__name__)
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How long after drain_timeout a worker that has not stopped is killed.
+_KILL_MARGIN = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +143,9 @@ async def _serve(
     proxy = app[PROXY]
     runner = ProxyAppRunner(app, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
+    # Every handler is in place now (stop signals, SIGHUP): take what a
+    # supervisor's start held back (`proxy._supervisor`).
+    unblock_stop_signals()
     admin_runner: web.AppRunner | None = None
     try:
         site = web.TCPSite(
@@ -228,4 +233,6 @@ def run(config: ServeConfig) -> int:
     if config.workers == 1:
         _run_loop(serve(config))
         return 0
-    return supervise(config.workers, functools.partial(_worker, config))
+    # Workers drain for up to drain_timeout; the master kills what is left a bit later.
+    kill_after = config.drain_timeout + _KILL_MARGIN
+    return supervise(config.workers, functools.partial(_worker, config), kill_after=kill_after)
