@@ -85,6 +85,10 @@ class _Workers:
             self.running[index] = process
             self.started_at[index] = time.monotonic()
             self.serving[index] = serving
+            if self.stopping and process.pid is not None:
+                # A stop whose handler ran before this process was listed
+                # (Python runs handlers between bytecodes, even while blocked).
+                os.kill(process.pid, signal.SIGTERM)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
