@@ -4,7 +4,8 @@ Requests going upstream lose every hop-by-hop header and every header named in
 their `Connection` field *before* the proxy adds its own (`Via`,
 `X-Forwarded-For/Proto/Host`, `X-Request-ID`), so a client cannot use a
 `Connection` token to delete what the proxy sets (Traefik CVE-2024-45410).
-Client-supplied forwarding headers are kept only from trusted proxies.
+Client-supplied forwarding headers (X-Forwarded-*, Forwarded, X-Real-IP and
+the like) are kept only from trusted proxies.
 Responses lose hop-by-hop headers too; everything else passes untouched, in
 order, duplicates (`Set-Cookie`) included.
 """
@@ -58,7 +59,27 @@ HOP_BY_HOP: Final = (
 # route matches), so the upstream must not see it.
 _REQUEST_DROP: Final = (*HOP_BY_HOP, "Expect", "X-Request-ID")
 # Only meaningful from a proxy we trust; from anyone else they are spoofing.
-_FORWARDING: Final = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
+# The first four the proxy sets itself; the rest name the client's address,
+# port, scheme, path prefix or certificate for an upstream that believes them
+# (Traefik drops the same set from untrusted peers: its CVE-2024-52003 was
+# X-Forwarded-Prefix).
+_FORWARDING: Final = (
+    "X-Forwarded-For",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Host",
+    "Forwarded",
+    "X-Real-IP",
+    "X-Client-IP",
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Server",
+    "X-Forwarded-Scheme",
+    "X-Scheme",
+    "X-Forwarded-Uri",
+    "X-Forwarded-Method",
+    "X-Forwarded-Tls-Client-Cert",
+    "X-Forwarded-Tls-Client-Cert-Info",
+)
 
 # A `Connection` token may not remove these: without Host the upstream would
 # see the proxy's idea of the authority, without Content-Length a new framing.
@@ -83,9 +104,12 @@ class ForwardingPolicy:
     """How the proxy names itself and which peers may set forwarding headers.
 
     Attributes:
-        trusted: networks of proxies in front of us whose X-Forwarded-* and
-            Forwarded headers are kept (and extended); from other peers they
-            are replaced.
+        trusted: networks of proxies in front of us whose forwarding headers
+            are kept (X-Forwarded-For extended with the peer); from other
+            peers X-Forwarded-For/Proto/Host are replaced and the rest
+            (Forwarded, X-Real-IP, X-Forwarded-Port/Prefix/...) dropped. An
+            IPv4 peer seen on a dual-stack socket (`::ffff:10.0.0.1`) is
+            matched as the IPv4 address it is.
         pseudonym: the `Via` name (RFC 9110 §7.6.3); seeing it on an inbound
             request means a routing loop.
     """
@@ -122,7 +146,7 @@ class ForwardingPolicy:
             except ValueError:
                 known = False
             else:
-                known = any(address in net for net in self.trusted)
+                known = _within(address, self.trusted)
             if len(cache) >= _TRUST_CACHE_SIZE:
                 cache.clear()
             cache[peer] = known
@@ -137,6 +161,15 @@ class ForwardingPolicy:
                     if len(parts) >= 2 and parts[1] == self.pseudonym:  # noqa: PLR2004
                         return True
         return False
+
+
+def _within(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: tuple[IPNetwork, ...]
+) -> bool:
+    # A dual-stack socket reports an IPv4 peer as `::ffff:a.b.c.d` (RFC 4291
+    # §2.5.5.2), which no IPv4 network contains: try the IPv4 address too.
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return any(address in net or (mapped is not None and mapped in net) for net in nets)
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> list[str]:

@@ -7,12 +7,19 @@ upstream received (or the proxy sent back), so nothing is normalised on the way.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import pytest
 
+from proxy.server import ServeConfig, build_app
 from tests.proxy import forward_support
 from tests.proxy.echo_upstream import BIG_COOKIE, COOKIES, EchoUpstream
 from tests.proxy.forward_support import RawClient, request
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from proxy._protocol import ProxyAppRunner
 
 # The shared fixtures of the forwarding tests.
 proxy_port = forward_support.proxy_port
@@ -167,6 +174,49 @@ async def test_via_is_appended_and_a_loop_is_refused(
     assert response.status == 508
     assert json.loads(response.body)["error"] == "loop detected"
     assert len(upstream.received) == count
+
+
+@pytest.mark.parametrize(
+    ("edge", "inner", "status"),
+    [
+        ("edge-1", "club-proxy", 200),  # different names: both tiers relay
+        ("club-proxy", "edge-1", 200),
+        ("club-proxy", "club-proxy", 508),  # the same name: the inner tier sees a loop
+    ],
+)
+async def test_two_tiers_in_series_relay_when_their_via_pseudonyms_differ(
+    upstream: EchoUpstream, tmp_path: Path, edge: str, inner: str, status: int
+) -> None:
+    # Each tier's app built as `club-proxy run` builds it, from its ServeConfig.
+    runners: list[ProxyAppRunner] = []
+    url = upstream.url
+    port = upstream.port
+    try:
+        for name in (inner, edge):
+            routes = tmp_path / f"routes-{len(runners)}.yaml"
+            routes.write_text(
+                f'version: 1\nupstreams: {{legacy: {{url: "{url}"}}}}\ndefault: legacy\nroutes: []\n',
+                encoding="utf-8",
+            )
+            app = build_app(ServeConfig(routes_path=routes, pseudonym=name))
+            runner, port = await forward_support.serve_proxy(app)
+            runners.append(runner)
+            url = f"http://127.0.0.1:{port}"
+        client = await RawClient.connect(port)
+        try:
+            await client.send(request(headers=[("Via", "1.0 browser-proxy")]))
+            response = await client.read_response()
+        finally:
+            await client.close()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+    assert response.status == status
+    if status == 200:
+        assert upstream.received[-1].all("Via") == [f"1.0 browser-proxy, 1.1 {edge}, 1.1 {inner}"]
+    else:
+        assert json.loads(response.body)["error"] == "loop detected"
+        assert upstream.received == []
 
 
 @pytest.mark.parametrize(
