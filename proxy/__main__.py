@@ -2,7 +2,8 @@
 
     club-proxy run --routes routes.yaml [--host H] [--port P] [--admin-host H]
                    [--admin-port P] [--admin-token T] [--workers N]
-                   [--trusted-proxy CIDR ...] [--drain-timeout S]
+                   [--trusted-proxy CIDR ...] [--via-pseudonym NAME]
+                   [--drain-timeout S]
     club-proxy check ROUTES          validate like `nginx -t` (exit 0 or 1)
 
 The admin token may also come from CLUB_PROXY_ADMIN_TOKEN, so it stays out of
@@ -47,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="a proxy in front whose X-Forwarded-* headers are kept (repeatable)",
     )
+    serve.add_argument(
+        "--via-pseudonym",
+        default="club-proxy",
+        metavar="NAME",
+        help="this proxy's name in Via; tiers in series need different names",
+    )
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds, on SIGTERM")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--no-access-log", action="store_true")
@@ -76,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             admin_token=args.admin_token or None,
             workers=args.workers,
             trusted_proxies=tuple(args.trusted_proxy),
+            pseudonym=args.via_pseudonym,
             drain_timeout=args.drain_timeout,
             log_level=args.log_level,
             access_log=not args.no_access_log,

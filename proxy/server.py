@@ -35,13 +35,16 @@ from proxy.admin import check_admin_binding, create_admin_app
 from proxy.app import PROXY, create_app
 from proxy.check import check_routes
 from proxy.errors import ProxyError
+from proxy.headers import ForwardingPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator
     from pathlib import Path
     from typing import Any
 
-__all__ = ["ServeConfig", "run", "serve"]
+    from proxy.accesslog import AccessLog
+
+__all__ = ["ServeConfig", "build_app", "run", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,9 @@ class ServeConfig:
     admin_token: str | None = None
     workers: int = 1
     trusted_proxies: tuple[str, ...] = ()
+    # This proxy's name in `Via`: tiers in series need different ones, or the
+    # second answers 508 (loop) to everything the first relays.
+    pseudonym: str = "club-proxy"
     drain_timeout: float = 30.0
     backlog: int = 1024
     log_level: str = "INFO"
@@ -75,6 +81,8 @@ class ServeConfig:
         if self.drain_timeout < 0:
             msg = f"drain_timeout must not be negative, not {self.drain_timeout}"
             raise ValueError(msg)
+        # Before any worker starts: a bad pseudonym or CIDR is a ValueError here.
+        ForwardingPolicy.from_cidrs(self.trusted_proxies, pseudonym=self.pseudonym)
 
 
 # glibc's mallopt() parameter and the size below which blocks come from the heap.
@@ -134,12 +142,7 @@ async def _serve(
 ) -> None:
     _tune_allocator()
     access_log = stdout_access_log(enabled=config.access_log)
-    app = create_app(
-        routes_path=config.routes_path,
-        trusted_proxies=config.trusted_proxies,
-        access_log=access_log,
-        fast_lane=config.fast_lane,
-    )
+    app = build_app(config, access_log=access_log)
     proxy = app[PROXY]
     runner = ProxyAppRunner(app, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
@@ -175,6 +178,17 @@ async def _serve(
             await admin_runner.cleanup()
         access_log.close()
     logger.info("proxy.stopped", extra={"worker": index})
+
+
+def build_app(config: ServeConfig, *, access_log: AccessLog | None = None) -> web.Application:
+    """The proxy application `serve` runs for `config`."""
+    return create_app(
+        routes_path=config.routes_path,
+        trusted_proxies=config.trusted_proxies,
+        pseudonym=config.pseudonym,
+        access_log=access_log,
+        fast_lane=config.fast_lane,
+    )
 
 
 async def _start_admin(admin_runner: web.AppRunner, config: ServeConfig, index: int) -> None:

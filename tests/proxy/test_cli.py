@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 
 from proxy.__main__ import main
+from proxy.server import ServeConfig
 from tests.proxy.echo_upstream import EchoUpstream
 
 if TYPE_CHECKING:
@@ -75,6 +77,88 @@ def test_run_refuses_a_public_admin_api_without_token(
     )
     assert result.returncode == 1
     assert "--admin-token" in result.stderr
+
+
+def test_run_refuses_a_via_pseudonym_that_is_not_a_token(tmp_path: Path) -> None:
+    routes = write_routes(tmp_path, "http://127.0.0.1:9")
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "proxy", "run", "--routes", str(routes)),
+            *("--admin-port", "0", "--via-pseudonym", "edge proxy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=STARTUP,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Via pseudonym 'edge proxy'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"pseudonym": ""}, "Via pseudonym ''"),
+        ({"pseudonym": "edge proxy"}, "Via pseudonym 'edge proxy'"),  # not one token
+        ({"pseudonym": "edge,1"}, "Via pseudonym 'edge,1'"),  # would split the Via list
+        ({"trusted_proxies": ("10.0.0.0/33",)}, "10.0.0.0/33"),
+    ],
+    ids=["empty", "space", "comma", "bad-cidr"],
+)
+def test_serve_config_rejects_a_bad_via_pseudonym_or_cidr_before_any_worker_starts(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    routes = write_routes(tmp_path, "http://127.0.0.1:9")
+    assert ServeConfig(routes_path=routes, pseudonym="edge-1.eu_west").pseudonym == "edge-1.eu_west"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServeConfig(routes_path=routes, **options)
+
+
+async def test_run_keeps_and_extends_the_forwarding_headers_of_a_trusted_proxy(
+    tmp_path: Path, upstream: EchoUpstream, unused_tcp_port_factory: Any
+) -> None:
+    # The test client (127.0.0.1) is the proxy in front.
+    routes = write_routes(tmp_path, upstream.url)
+    port = unused_tcp_port_factory()
+    admin = unused_tcp_port_factory()
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "proxy", "run", "--routes", str(routes)),
+        *("--port", str(port), "--admin-port", str(admin), "--no-access-log"),
+        *("--trusted-proxy", "192.0.2.0/24", "--trusted-proxy", "127.0.0.0/8"),
+        *("--via-pseudonym", "edge-1"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    sent = {
+        "X-Forwarded-For": "203.0.113.7, 198.51.100.9",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "club.example",
+        "X-Real-IP": "203.0.113.7",
+    }
+    try:
+        limit = aiohttp.ClientTimeout(total=STARTUP)
+        async with aiohttp.ClientSession(timeout=limit) as session:
+            await _wait_ready(session, f"http://127.0.0.1:{admin}/-/ready")
+            async with session.get(f"http://127.0.0.1:{port}/echo", headers=sent) as response:
+                assert response.status == 200
+        seen = upstream.received[-1]
+        assert seen.all("X-Forwarded-For") == ["203.0.113.7, 198.51.100.9, 127.0.0.1"]
+        for name in ("X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-IP"):
+            assert seen.all(name) == [sent[name]]
+        assert seen.all("Via") == ["1.1 edge-1"]
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), STARTUP) == 0
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+        assert process.stderr is not None
+        log = (await process.stderr.read()).decode(errors="replace")
+        print(f"club-proxy's stderr:\n{log}")  # noqa: T201 - shown by pytest on failure
+        raise
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def _wait_ready(session: aiohttp.ClientSession, url: str) -> None:
