@@ -22,6 +22,7 @@ from proxy._dispatch import Proxy
 from proxy.accesslog import AccessLog
 from proxy.appfactory import build_new_app
 from proxy.check import reload_errors
+from proxy.errors import AppFactoryError
 from proxy.forward import error_response
 from proxy.headers import ForwardingPolicy, request_id_from
 from proxy.inprocess import InProcessApp
@@ -105,10 +106,24 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def _build_new_app(watcher: RoutesWatcher) -> web.Application | None:
-    """The in-process app the active table names (None: none); reloads are held to it."""
-    new = watcher.table.new
-    running = new if new is not None and new.app is not None else None
-    new_app = build_new_app(running) if running is not None else None
+    """The in-process app the active table names (None: none); reloads are held to it.
+
+    An app that cannot be built while no route uses `new` is a warning, as
+    in `club-proxy check`: the proxy serves, and a reload that routes to
+    `new` is refused until a restart can build it.
+    """
+    table = watcher.table
+    running = table.new if table.new is not None and table.new.app is not None else None
+    new_app: web.Application | None = None
+    if running is not None:
+        try:
+            new_app = build_new_app(running)
+        except AppFactoryError as exc:
+            if table.uses_new:
+                raise
+            logger.warning(
+                "proxy.new_app_unavailable", extra={"app": running.app, "error": str(exc)}
+            )
     watcher.validator = partial(reload_errors, running=running, app=new_app)
     return new_app
 

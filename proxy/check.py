@@ -99,19 +99,26 @@ def reload_errors(
     """Why a running proxy must refuse `table` on reload; empty when it may apply it.
 
     `running` is the `new:` the in-process `app` was built from (both None when
-    no app runs). A reload never loads other Python code, so the in-process part
-    of `new:` (`app`, `config_dir`) must stay as it started; then every route to
-    `new` needs a handler in `app`, as `check` requires. Changing or adding a
-    `new: {url}` (with no app running) or dropping `new:` is fine.
+    no app runs; `app` alone None when it could not be built, which only a
+    table that sends nothing to `new` may live with). A reload never loads
+    other Python code, so the in-process part of `new:` (`app`, `config_dir`)
+    must stay as it started; then every route to `new` needs a handler in
+    `app`, as `check` requires. Changing or adding a `new: {url}` (with no app
+    running) or dropping `new:` is fine.
     """
     new = table.new
+    where = f"{table.source}:{_line_of(table.source, 'new')}: new"
     if new is not None and _in_process(new) != _in_process(running):
-        where = f"{table.source}:{_line_of(table.source, 'new')}: new"
         change = f"{_describe(running)} -> {_describe(new)}"
         return [
             f"{where}: the new: section changed ({change}); restart club-proxy to load another app"
         ]
-    return handler_errors(table, app) if app is not None else []
+    if app is not None:
+        return handler_errors(table, app)
+    if running is not None and table.uses_new:
+        cause = f"the new app ({running.app}) could not be built when club-proxy started"
+        return [f"{where}: {cause}; restart it once the app can be built"]
+    return []
 
 
 def run_check(path: Path, *, out: TextIO | None = None) -> int:

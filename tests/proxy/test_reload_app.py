@@ -213,3 +213,24 @@ async def test_reload_may_change_what_new_is_when_no_other_code_is_needed(
     assert (result.ok, result.changed, result.error) == (True, True, None)
     status, body = await answer_of(client, "/api/users/7")
     assert (status, body["port"]) == (200, other.port if after == "url-b" else legacy.port)
+
+
+async def test_an_app_that_cannot_be_built_is_a_warning_until_a_route_needs_it(
+    tmp_path: Path, legacy: EchoUpstream, aiohttp_client: AiohttpClient
+) -> None:
+    # As `club-proxy check` says of this file: nothing uses new, so it serves.
+    missing = 'new: {app: "tests.proxy.no_such_module:create_app"}\n'
+    client, app = await serve(aiohttp_client, tmp_path, routes_text(legacy, missing, ""))
+    assert check_routes(app[PROXY].watcher.path) == []
+    status, body = await answer_of(client, "/api/users/7")
+    assert (status, body["port"]) == (200, legacy.port)
+    watcher = app[PROXY].watcher
+    watcher.path.write_text(routes_text(legacy, missing, USER_TO_NEW), encoding="utf-8")
+    result = watcher.reload()
+    assert result.ok is False
+    assert result.error == (
+        f"{watcher.path}:3: new: the new app (tests.proxy.no_such_module:create_app) could not"
+        " be built when club-proxy started; restart it once the app can be built"
+    )
+    status, body = await answer_of(client, "/api/users/7")
+    assert (status, body["port"]) == (200, legacy.port)
