@@ -226,6 +226,9 @@ class Proxy:
                 upstream_error = response.kind
         else:
             aborted = "client"
+        if aborted == "client":
+            # Logged as the fast lane logs it (and nginx): the client left.
+            status = CLIENT_CLOSED
         self.record(
             request_id=call.rid,
             route=call.route,

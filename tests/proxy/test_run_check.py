@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from proxy.__main__ import main
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import pytest
 
-
+@pytest.mark.timeout(30)  # without the check, `run` would serve until killed
 def test_run_refuses_a_route_to_new_the_new_app_cannot_answer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], unused_tcp_port_factory: Any
 ) -> None:
