@@ -652,7 +652,7 @@ NOTES = """### Reading it
   third between identical runs.
 - The ratio to nginx depends on the machine more than the run-to-run noise suggests:
   the same code (about 180k instructions per request) gave 0.29-0.51x nginx on 200 B on
-  one 2-core VM and 0.68-0.73x on another (why is not pinned down; the interpreter's
+  one 2-core VM and 0.62-0.73x on another (why is not pinned down; the interpreter's
   share of the work is the likely suspect). Compare ratios from the same machine only, and
   the instruction count across machines. On the slower machine a bare callback-only
   relay (aiohttp's parsers, no routing, header rules, metrics or log; a throwaway
