@@ -134,8 +134,8 @@ def request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def proxy_app(tmp_path: Path, upstream_url: str, **upstream_opts: str) -> web.Application:
-    """The full proxy app over a routes.yaml sending everything to `upstream_url`."""
+def legacy_routes(tmp_path: Path, upstream_url: str, **upstream_opts: str) -> Path:
+    """A routes.yaml sending everything to `upstream_url` (upstream `legacy`)."""
     opts = "".join(f", {k}: {v}" for k, v in upstream_opts.items())
     path = tmp_path / "routes.yaml"
     path.write_text(
@@ -146,6 +146,12 @@ def proxy_app(tmp_path: Path, upstream_url: str, **upstream_opts: str) -> web.Ap
         "routes: []\n",
         encoding="utf-8",
     )
+    return path
+
+
+def proxy_app(tmp_path: Path, upstream_url: str, **upstream_opts: str) -> web.Application:
+    """The full proxy app over `legacy_routes`."""
+    path = legacy_routes(tmp_path, upstream_url, **upstream_opts)
     return create_app(routes_path=path, reload_on_sighup=False)
 
 

@@ -24,7 +24,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import PROXY, create_app
 from tests.proxy import forward_support
 from tests.proxy.echo_upstream import pattern
-from tests.proxy.forward_support import TIMEOUT, RawClient, request, serve_proxy
+from tests.proxy.forward_support import TIMEOUT, RawClient, legacy_routes, request, serve_proxy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -131,14 +131,7 @@ async def serve(
         logger.propagate = False
         lines = _AccessLines()
         logger.handlers[:] = [lines]
-        routes = tmp_path / "routes.yaml"
-        routes.write_text(
-            "version: 1\n"
-            f'upstreams: {{legacy: {{url: "{upstream.url}"}}}}\n'
-            "default: legacy\n"
-            "routes: []\n",
-            encoding="utf-8",
-        )
+        routes = legacy_routes(tmp_path, upstream.url)
         app = create_app(
             routes_path=routes,
             reload_on_sighup=False,

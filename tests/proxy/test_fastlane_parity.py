@@ -18,7 +18,7 @@ import pytest
 
 from proxy.app import PROXY, create_app
 from tests.proxy import forward_support
-from tests.proxy.forward_support import RawClient, RawResponse, request, serve_proxy
+from tests.proxy.forward_support import RawClient, RawResponse, legacy_routes, request, serve_proxy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -59,14 +59,7 @@ CASES = [
 
 @pytest.fixture
 async def ports(upstream: EchoUpstream, tmp_path: Path) -> AsyncIterator[tuple[int, int]]:
-    routes = tmp_path / "routes.yaml"
-    routes.write_text(
-        "version: 1\n"
-        f'upstreams: {{legacy: {{url: "{upstream.url}"}}}}\n'
-        "default: legacy\n"
-        "routes: []\n",
-        encoding="utf-8",
-    )
+    routes = legacy_routes(tmp_path, upstream.url)
     fast_app = create_app(routes_path=routes, reload_on_sighup=False)
     slow_app = create_app(routes_path=routes, reload_on_sighup=False, fast_lane=False)
     fast_runner, fast_port = await serve_proxy(fast_app)

@@ -21,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.app import PROXY, create_app
 from proxy.headers import ForwardingPolicy, upstream_request_headers
 from tests.proxy import forward_support
-from tests.proxy.forward_support import RawClient, request, serve_proxy
+from tests.proxy.forward_support import RawClient, legacy_routes, request, serve_proxy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -92,14 +92,7 @@ async def relay(upstream: EchoUpstream, tmp_path: Path) -> AsyncIterator[Relay]:
     runners: list[ProxyAppRunner] = []
 
     async def send(trusted: tuple[str, ...], way: Way, headers: list[tuple[str, str]]) -> Received:
-        routes = tmp_path / "routes.yaml"
-        routes.write_text(
-            "version: 1\n"
-            f'upstreams: {{legacy: {{url: "{upstream.url}"}}}}\n'
-            "default: legacy\n"
-            "routes: []\n",
-            encoding="utf-8",
-        )
+        routes = legacy_routes(tmp_path, upstream.url)
         app = create_app(routes_path=routes, trusted_proxies=trusted, reload_on_sighup=False)
         runner, port = await serve_proxy(app)
         runners.append(runner)
