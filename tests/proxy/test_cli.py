@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -121,21 +122,15 @@ async def test_run_keeps_and_extends_the_forwarding_headers_of_a_trusted_proxy(
     routes = write_routes(tmp_path, upstream.url)
     port = unused_tcp_port_factory()
     admin = unused_tcp_port_factory()
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "proxy", "run", "--routes", str(routes)),
-        *("--port", str(port), "--admin-port", str(admin), "--no-access-log"),
-        *("--trusted-proxy", "192.0.2.0/24", "--trusted-proxy", "127.0.0.0/8"),
-        *("--via-pseudonym", "edge-1"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    args = ("--port", str(port), "--admin-port", str(admin), "--no-access-log")
+    trust = ("--trusted-proxy", "192.0.2.0/24", "--trusted-proxy", "127.0.0.0/8")
     sent = {
         "X-Forwarded-For": "203.0.113.7, 198.51.100.9",
         "X-Forwarded-Proto": "https",
         "X-Forwarded-Host": "club.example",
         "X-Real-IP": "203.0.113.7",
     }
-    try:
+    async with club_proxy(routes, *args, *trust, "--via-pseudonym", "edge-1") as process:
         limit = aiohttp.ClientTimeout(total=STARTUP)
         async with aiohttp.ClientSession(timeout=limit) as session:
             await _wait_ready(session, f"http://127.0.0.1:{admin}/-/ready")
@@ -148,6 +143,18 @@ async def test_run_keeps_and_extends_the_forwarding_headers_of_a_trusted_proxy(
         assert seen.all("Via") == ["1.1 edge-1"]
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), STARTUP) == 0
+
+
+@contextlib.asynccontextmanager
+async def club_proxy(routes: Path, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`club-proxy run --routes routes *args`; its stderr is printed when the test fails."""
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "proxy", "run", "--routes", str(routes), *args),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield process
     except BaseException:
         if process.returncode is None:
             process.kill()
@@ -182,14 +189,8 @@ async def test_workers_share_the_port_reload_on_sighup_and_drain_on_sigterm(
     port = unused_tcp_port_factory()
     admin = unused_tcp_port_factory()
     # Worker i serves its admin API on admin + i (admin + 1 is almost surely free too).
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "proxy", "run", "--routes", str(routes)),
-        *("--port", str(port), "--admin-port", str(admin), "--workers", "2"),
-        *("--drain-timeout", "10", "--no-access-log"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    args = ("--port", str(port), "--admin-port", str(admin), "--workers", "2")
+    async with club_proxy(routes, *args, "--drain-timeout", "10", "--no-access-log") as process:
         # Every request bounded: a hang fails here, with the proxy's log, not at
         # pytest's global timeout.
         limit = aiohttp.ClientTimeout(total=STARTUP)
@@ -222,17 +223,6 @@ async def test_workers_share_the_port_reload_on_sighup_and_drain_on_sigterm(
             assert response.status == 200
             response.release()
         assert await asyncio.wait_for(process.wait(), STARTUP) == 0
-    except BaseException:
-        if process.returncode is None:
-            process.kill()
-        assert process.stderr is not None
-        log = (await process.stderr.read()).decode(errors="replace")
-        print(f"club-proxy's stderr:\n{log}")  # noqa: T201 - shown by pytest on failure
-        raise
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def _until(predicate: Any) -> None:
