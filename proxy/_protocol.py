@@ -198,14 +198,14 @@ class ProxyAppRunner(web.AppRunner):
         # for the proxy app, the fast lane in front of it.
         server = await super()._make_server()
         kwargs = server._kwargs  # noqa: SLF001 - the handler args, see above
+        proxy: Proxy | None = self.app.get(_proxy_key())
         proxy_server = ProxyServer(
             server.request_handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
+            proxy=proxy,
             **kwargs,
         )
-        proxy: Proxy | None = self.app.get(_proxy_key())
-        proxy_server.proxy = proxy
         if proxy is not None and proxy.fast_lane:
             proxy_server.lanes = LaneHost(
                 proxy,
