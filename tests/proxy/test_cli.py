@@ -54,27 +54,23 @@ def test_check_valid_and_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "bad.yaml" in capsys.readouterr().err
 
 
-def test_run_refuses_a_public_admin_api_without_token(
-    tmp_path: Path, unused_tcp_port_factory: Any
-) -> None:
-    routes = write_routes(tmp_path, "http://127.0.0.1:9")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "run",
-            "--routes",
-            str(routes),
-            "--port",
-            str(unused_tcp_port_factory()),
-            "--admin-host",
-            "0.0.0.0",
-        ],
+def _run_refused(routes: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`club-proxy run` that should refuse to start: its result, bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--routes", str(routes), *args],
         capture_output=True,
         text=True,
         timeout=STARTUP,
         check=False,
+    )
+
+
+def test_run_refuses_a_public_admin_api_without_token(
+    tmp_path: Path, unused_tcp_port_factory: Any
+) -> None:
+    routes = write_routes(tmp_path, "http://127.0.0.1:9")
+    result = _run_refused(
+        routes, "--port", str(unused_tcp_port_factory()), "--admin-host", "0.0.0.0"
     )
     assert result.returncode == 1
     assert "--admin-token" in result.stderr
@@ -82,16 +78,7 @@ def test_run_refuses_a_public_admin_api_without_token(
 
 def test_run_refuses_a_via_pseudonym_that_is_not_a_token(tmp_path: Path) -> None:
     routes = write_routes(tmp_path, "http://127.0.0.1:9")
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "proxy", "run", "--routes", str(routes)),
-            *("--admin-port", "0", "--via-pseudonym", "edge proxy"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=STARTUP,
-        check=False,
-    )
+    result = _run_refused(routes, "--admin-port", "0", "--via-pseudonym", "edge proxy")
     assert result.returncode == 1
     assert "Via pseudonym 'edge proxy'" in result.stderr
 

@@ -23,16 +23,16 @@ import pytest
 
 from proxy.app import PROXY, create_app
 from tests.proxy import forward_support
-from tests.proxy.echo_upstream import EchoUpstream
 from tests.proxy.forward_support import TIMEOUT, RawClient, request, serve_proxy
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
     from pathlib import Path
 
     from aiohttp import web
 
     from proxy._dispatch import Proxy
+    from tests.proxy.echo_upstream import EchoUpstream
 
 POLL = 0.02
 PADDING = 12  # routes between `moved` and `last`: a byte-by-byte write spans many polls
@@ -274,11 +274,7 @@ def hold_routes(legacy: EchoUpstream, other_url: str | None) -> str:
     )
 
 
-@pytest.fixture
-async def third() -> AsyncIterator[EchoUpstream]:
-    echo = await EchoUpstream().start()
-    yield echo
-    await echo.close()
+third = forward_support.upstream  # a third distinct echo upstream
 
 
 @pytest.mark.parametrize(

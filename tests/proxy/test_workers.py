@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 
-from tests.proxy.echo_upstream import EchoUpstream
+from tests.proxy import forward_support
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
+
+    from tests.proxy.echo_upstream import EchoUpstream
 
 STARTUP = 30.0
 ROUTES = (
@@ -34,11 +36,7 @@ ROUTES = (
 )
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[EchoUpstream]:
-    echo = await EchoUpstream().start()
-    yield echo
-    await echo.close()
+upstream = forward_support.upstream
 
 
 class Run:
@@ -70,6 +68,19 @@ class Run:
                 self.lines.append(json.loads(raw))
             except ValueError:
                 continue  # not one of ours (a traceback of a worker that died)
+
+    async def both_listening(self) -> dict[str, Any]:
+        """Wait until workers 0 and 1 listen; worker 0's line."""
+        first = await self.next_event("proxy.listening", worker=0)
+        await self.next_event("proxy.listening", worker=1)
+        return first
+
+    async def stop(self) -> None:
+        """SIGTERM the master; it must exit 0 (its log is in the failure message)."""
+        self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.process.wait(), STARTUP)
+        assert self.process.stderr is not None
+        assert code == 0, f"its log: {self.lines}, then {await self.process.stderr.read()!r}"
 
     async def get_ok(self, session: aiohttp.ClientSession, count: int) -> None:
         for _ in range(count):
@@ -107,8 +118,7 @@ async def run(
 
 
 async def test_a_killed_worker_is_replaced_and_the_master_still_stops_cleanly(run: Run) -> None:
-    first = await run.next_event("proxy.listening", worker=0)
-    await run.next_event("proxy.listening", worker=1)
+    first = await run.both_listening()
     os.kill(first["pid"], signal.SIGKILL)
     died = await run.next_event("proxy.worker_died", worker=0)
     assert (died["pid"], died["exit_code"]) == (first["pid"], -signal.SIGKILL)
@@ -117,16 +127,13 @@ async def test_a_killed_worker_is_replaced_and_the_master_still_stops_cleanly(ru
     assert second["pid"] != first["pid"]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=STARTUP)) as session:
         await run.get_ok(session, 20)
-    run.process.send_signal(signal.SIGTERM)
-    code = await asyncio.wait_for(run.process.wait(), STARTUP)
-    assert code == 0, f"its log: {run.lines}, then {await run.process.stderr.read()!r}"  # type: ignore[union-attr]
+    await run.stop()
 
 
 async def test_a_worker_that_cannot_start_is_retried_until_it_can(
     run: Run, tmp_path: Path, upstream: EchoUpstream
 ) -> None:
-    first = await run.next_event("proxy.listening", worker=0)
-    await run.next_event("proxy.listening", worker=1)
+    first = await run.both_listening()
     routes = tmp_path / "routes.yaml"
     # Running workers keep their table; a new one cannot load this file.
     routes.write_text("version: 1\nroutes: nope\n", encoding="utf-8")
@@ -144,14 +151,11 @@ async def test_a_worker_that_cannot_start_is_retried_until_it_can(
 
 
 async def test_a_stop_signal_while_a_worker_starts_drains_it(run: Run) -> None:
-    first = await run.next_event("proxy.listening", worker=0)
-    await run.next_event("proxy.listening", worker=1)
+    first = await run.both_listening()
     os.kill(first["pid"], signal.SIGKILL)
     await run.next_event("proxy.worker_died", worker=0)
     # The replacement is starting (importing, binding) when the stop comes.
-    run.process.send_signal(signal.SIGTERM)
-    code = await asyncio.wait_for(run.process.wait(), STARTUP)
-    assert code == 0, f"its log: {run.lines}, then {await run.process.stderr.read()!r}"  # type: ignore[union-attr]
+    await run.stop()
 
 
 async def test_a_worker_that_cannot_start_at_all_stops_the_master(
