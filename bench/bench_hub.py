@@ -196,7 +196,7 @@ async def _latency(url: str) -> list[list[str]]:  # noqa: C901  (setup, two meas
     finally:
         relay_task.cancel()
         await session.close()
-        await relay_pubsub.aclose()  # type: ignore[no-untyped-call]
+        await relay_pubsub.aclose()
         for runner, _ in runners:
             await runner.cleanup()
         for client in clients:

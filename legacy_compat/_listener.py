@@ -1,4 +1,4 @@
-"""The reconnecting LISTEN loop under PgQueue (STYLE.md §16).
+"""The reconnecting LISTEN loop under PgQueue.
 
 One dedicated asyncpg connection, never a pooled one: a pool's release runs
 `UNLISTEN *` and drops listeners (compat-findings §1.3). It must reach

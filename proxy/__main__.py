@@ -18,10 +18,10 @@ import os
 import sys
 from pathlib import Path
 
-from proxy.accesslog import configure_logging
-from proxy.check import run_check
 from proxy.errors import ProxyError
-from proxy.server import ServeConfig, run
+from proxy.serving.check import run_check
+from proxy.serving.server import ServeConfig, run
+from proxy.telemetry.accesslog import configure_logging
 
 __all__ = ["main"]
 

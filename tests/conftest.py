@@ -1,4 +1,4 @@
-"""Real servers for the whole suite (STYLE.md §G).
+"""Real servers for the whole suite.
 
 PostgreSQL and a Redis-compatible server come from `CLUB_TEST_PG_DSN` and
 `CLUB_TEST_REDIS_URL` when set, otherwise from the embedded wheels, started

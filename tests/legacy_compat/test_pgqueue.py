@@ -1,4 +1,4 @@
-"""PgQueue in plain mode: real NOTIFYs on a real PostgreSQL (STYLE.md §25)."""
+"""PgQueue in plain mode: real NOTIFYs on a real PostgreSQL."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.admin import create_admin_app
+from proxy.serving.admin import create_admin_app
 from tests.new_services.test_through_proxy import start_walk
 
 if TYPE_CHECKING:

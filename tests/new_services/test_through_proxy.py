@@ -20,8 +20,8 @@ from aiohttp import WSMsgType
 from examples.club_api.app import create_app as create_legacy_app
 from legacy_compat import load_settings
 from new_services.app import create_app as create_new_app
-from proxy.app import create_app as create_proxy_app
-from proxy.routes import load_routes
+from proxy.routing.table import load_routes
+from proxy.serving.app import create_app as create_proxy_app
 from tests.club_api.conftest import club_settings
 
 if TYPE_CHECKING:

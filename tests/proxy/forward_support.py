@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import pytest
 from aiohttp import web
 
-from proxy._protocol import ProxyAppRunner
-from proxy.app import create_app
+from proxy.serving.app import create_app
+from proxy.serving.protocol import ProxyAppRunner
 from tests.proxy.echo_upstream import EchoUpstream
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from proxy.accesslog import AccessLog
-from proxy.app import create_app
+from proxy.serving.app import create_app
+from proxy.telemetry.accesslog import AccessLog
 from tests.proxy import forward_support
 from tests.proxy.forward_support import TIMEOUT
 from tests.proxy.newapp_sample import STREAMED

@@ -10,9 +10,9 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from proxy.accesslog import AccessLog
-from proxy.app import create_app
-from proxy.headers import request_id_from
+from proxy.core.headers import request_id_from
+from proxy.serving.app import create_app
+from proxy.telemetry.accesslog import AccessLog
 from tests.proxy.forward_support import TIMEOUT
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import logging
 
 import pytest
 
-from proxy.accesslog import AccessLog, JsonFormatter
+from proxy.telemetry.accesslog import AccessLog, JsonFormatter
 
 
 def _lines(**fields: object) -> list[dict[str, object]]:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aiohttp import web
 
-from proxy.admin import AdminBindError, check_admin_binding, create_admin_app, is_loopback
-from proxy.app import PROXY, create_app
+from proxy.serving.admin import AdminBindError, check_admin_binding, create_admin_app, is_loopback
+from proxy.serving.app import PROXY, create_app
 from tests.proxy.echo_upstream import EchoUpstream
 
 if TYPE_CHECKING:

@@ -1,8 +1,8 @@
-"""Failures on aiohttp's request path (`proxy.forward`), not the fast lane's.
+"""Failures on aiohttp's request path (`proxy.webpath.relay`), not the fast lane's.
 
-`club-proxy run` starts every connection in the fast lane (`proxy._fastlane`),
+`club-proxy run` starts every connection in the fast lane (`proxy.fastlane.lane`),
 so the failure tests of the transparency suite mostly exercise
-`proxy._lanecall`. Here each request reaches `proxy.forward` one of the two
+`proxy.fastlane.call`. Here each request reaches `proxy.webpath.relay` one of the two
 ways it does in production: a request with a body (the lane hands the
 connection to aiohttp, reason "body"), or a bodiless GET to a proxy served
 with `fast_lane=False` (`club-proxy run --no-fast-lane`). Which way was taken
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pytest
 
-from proxy.accesslog import AccessLog
-from proxy.app import PROXY, create_app
+from proxy.serving.app import PROXY, create_app
+from proxy.telemetry.accesslog import AccessLog
 from tests.proxy import forward_support
 from tests.proxy.echo_upstream import pattern
 from tests.proxy.forward_support import TIMEOUT, RawClient, legacy_routes, request, serve_proxy
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-    from proxy._protocol import ProxyAppRunner
+    from proxy.serving.protocol import ProxyAppRunner
     from tests.proxy.echo_upstream import EchoUpstream
 
 # The shared fixture of the forwarding tests.
@@ -43,7 +43,7 @@ MiB = 1 << 20
 
 @dataclass(frozen=True)
 class Way:
-    """How a request reaches `proxy.forward`."""
+    """How a request reaches `proxy.webpath.relay`."""
 
     method: str
     body: bytes

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiohttp import web
 
-from proxy.app import PROXY
+from proxy.serving.app import PROXY
 from tests.proxy import forward_support
 from tests.proxy.forward_support import RawClient, request, serve_proxy
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 from multidict import CIMultiDict
 
-from proxy.canary import choose_target, sticky_bucket
-from proxy.routes import RouteTable, load_routes
+from proxy.routing.canary import choose_target, sticky_bucket
+from proxy.routing.table import RouteTable, load_routes
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from proxy.appfactory import build_new_app, load_factory, missing_new_routes
-from proxy.check import check_report, check_routes, run_check
 from proxy.errors import AppFactoryError
-from proxy.model import NewTarget
-from proxy.routes import load_routes
+from proxy.routing.model import NewTarget
+from proxy.routing.table import load_routes
+from proxy.serving.check import check_report, check_routes, run_check
+from proxy.webpath.appfactory import build_new_app, load_factory, missing_new_routes
 from tests.proxy import newapp_sample
 
 ROOT = Path(__file__).resolve().parents[2]

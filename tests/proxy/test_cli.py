@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from proxy.__main__ import main
-from proxy.server import ServeConfig
+from proxy.serving.server import ServeConfig
 from tests.proxy.echo_upstream import EchoUpstream
 
 if TYPE_CHECKING:

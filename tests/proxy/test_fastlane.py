@@ -2,7 +2,7 @@
 
 Every proxy here is served by `ProxyAppRunner` (`serve_proxy`), as `club-proxy
 run` serves it, so client connections start in the fast lane
-(`proxy._fastlane`). Requests go to real `EchoUpstream`s on loopback as raw
+(`proxy.fastlane.lane`). Requests go to real `EchoUpstream`s on loopback as raw
 bytes (`RawClient`), so each test sees exactly what a client would: which
 answers arrive, in which order, and when the connection closes. Whether a
 request was relayed by the lane or handed to aiohttp is read from the metrics:
@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from proxy.accesslog import AccessLog
-from proxy.app import PROXY, ServerLimits, create_app
-from proxy.canary import sticky_bucket
+from proxy.routing.canary import sticky_bucket
+from proxy.serving.app import PROXY, ServerLimits, create_app
+from proxy.telemetry.accesslog import AccessLog
 from tests.proxy import forward_support
 from tests.proxy.echo_upstream import EchoUpstream, Received, pattern
 from tests.proxy.forward_support import TIMEOUT, RawClient, RawResponse, request, serve_proxy
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-    from proxy._protocol import ProxyAppRunner
-    from proxy._upstream_client import ConnectionPool
+    from proxy.serving.protocol import ProxyAppRunner
+    from proxy.upstream.client import ConnectionPool
 
 # The shared fixture of the forwarding tests.
 upstream = forward_support.upstream

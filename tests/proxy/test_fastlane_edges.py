@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Self
 import pytest
 import uvloop
 
-from proxy import headers as header_rules
-from proxy._upstream_client import ConnectionPool, _Slots
-from proxy.app import PROXY, create_app
-from proxy.headers import ForwardingPolicy, upstream_request_head
-from proxy.upstreams import ClientLimits
+from proxy.core import headers as header_rules
+from proxy.core.headers import ForwardingPolicy, upstream_request_head
+from proxy.serving.app import PROXY, create_app
+from proxy.upstream.client import ConnectionPool, _Slots
+from proxy.upstream.limits import ClientLimits
 from tests.proxy import forward_support
 from tests.proxy.forward_support import TIMEOUT, serve_proxy
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from proxy.app import PROXY, create_app
+from proxy.serving.app import PROXY, create_app
 from tests.proxy import forward_support
 from tests.proxy.forward_support import RawClient, RawResponse, legacy_routes, request, serve_proxy
 

@@ -1,4 +1,4 @@
-"""Plain answers (`proxy._plainanswer`) relayed by the fast lane past aiohttp's parser.
+"""Plain answers (`proxy.fastlane.plainanswer`) relayed by the fast lane past aiohttp's parser.
 
 A scripted upstream sends each shape of answer; the client must get exactly
 what the aiohttp path would send, the plain path must be taken when (and
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from proxy.app import PROXY
+from proxy.serving.app import PROXY
 from tests.proxy.forward_support import TIMEOUT, serve_proxy
 from tests.proxy.test_fastlane_edges import (
     Scripted,

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aiohttp import web
 
-from proxy.accesslog import ACCESS_LOGGER
-from proxy.app import PROXY, create_app
+from proxy.serving.app import PROXY, create_app
+from proxy.telemetry.accesslog import ACCESS_LOGGER
 from tests.proxy import forward_support
 from tests.proxy.echo_upstream import EchoUpstream
 from tests.proxy.forward_support import TIMEOUT

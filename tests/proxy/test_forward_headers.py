@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from proxy.server import ServeConfig, build_app
+from proxy.serving.server import ServeConfig, build_app
 from tests.proxy import forward_support
 from tests.proxy.echo_upstream import BIG_COOKIE, COOKIES, EchoUpstream
 from tests.proxy.forward_support import RawClient, request
@@ -19,7 +19,7 @@ from tests.proxy.forward_support import RawClient, request
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from proxy._protocol import ProxyAppRunner
+    from proxy.serving.protocol import ProxyAppRunner
 
 # The shared fixtures of the forwarding tests.
 proxy_port = forward_support.proxy_port

@@ -1,4 +1,4 @@
-"""In-process dispatch into the new app (proxy.inprocess) through a real proxy server.
+"""In-process dispatch into the new app (proxy.webpath.inprocess) through a real proxy server.
 
 These tests also pin the aiohttp internals InProcessApp relies on
 (`Request.clone()` + `Application._handle`): an aiohttp upgrade that changes
@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from proxy.inprocess import InProcessApp
+from proxy.webpath.inprocess import InProcessApp
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

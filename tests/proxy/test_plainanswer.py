@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from aiohttp.http_parser import HttpResponseParser
 
-from proxy._plainanswer import PlainAnswer, plain_answer
-from proxy.headers import client_head
+from proxy.core.headers import client_head
+from proxy.fastlane.plainanswer import PlainAnswer, plain_answer
 
 LIMITS: dict[str, int] = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 32}
 MAX_HEAD = 6 * LIMITS["max_headers"] + 200

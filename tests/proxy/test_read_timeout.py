@@ -1,4 +1,4 @@
-"""The per-read timeout of pooled upstream connections (`proxy._exchange.ResponseProtocol`).
+"""The per-read timeout of pooled upstream connections (`proxy.upstream.exchange.ResponseProtocol`).
 
 The timer is re-armed lazily (a deadline moved per read, one timer per
 connection), so these pin what aiohttp's eager timer guaranteed: a read
@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 import pytest
 from aiohttp import ServerTimeoutError
 
-from proxy._upstream_client import ConnectionPool
-from proxy.upstreams import ClientLimits
+from proxy.upstream.client import ConnectionPool
+from proxy.upstream.limits import ClientLimits
 from tests.proxy import forward_support
 from tests.proxy.echo_upstream import pattern
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from proxy._exchange import Exchange
+    from proxy.upstream.exchange import Exchange
     from tests.proxy.echo_upstream import EchoUpstream
 
 upstream = forward_support.upstream

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from proxy.errors import RoutesError
-from proxy.reload import RoutesWatcher
+from proxy.routing.reload import RoutesWatcher
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
-    from proxy.routes import RouteTable
+    from proxy.routing.table import RouteTable
 
 POLL = 0.02
 
@@ -82,7 +82,7 @@ async def test_valid_edit_is_applied(watcher: RoutesWatcher, routes_path: Path) 
 async def test_invalid_edit_keeps_the_last_good_table(
     watcher: RoutesWatcher, routes_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="proxy.reload")
+    caplog.set_level(logging.ERROR, logger="proxy.routing.reload")
     good = watcher.table
     bad = content(2) + b"  - {id: r0, match: 'GET /dup', to: legacy}\n"
     routes_path.write_bytes(bad)
@@ -226,7 +226,7 @@ async def test_a_slower_poll_of_an_invalid_file_does_not_undo_an_explicit_reload
 
 
 async def test_a_table_the_validator_refuses_is_a_failed_reload(routes_path: Path) -> None:
-    # The seam `proxy.app` fills with `proxy.check.reload_errors` (tests/proxy/test_reload_app.py).
+    # The seam `proxy.serving.app` fills with `proxy.serving.check.reload_errors` (tests/proxy/test_reload_app.py).
     def at_most_two_routes(table: RouteTable) -> list[str]:
         return [f"{len(table.routes)} routes"] if len(table.routes) > 2 else []
 

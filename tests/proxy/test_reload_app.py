@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from proxy.admin import create_admin_app
-from proxy.app import PROXY, create_app
-from proxy.check import check_routes
+from proxy.serving.admin import create_admin_app
+from proxy.serving.app import PROXY, create_app
+from proxy.serving.check import check_routes
 from tests.proxy import forward_support
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from aiohttp.test_utils import TestClient
     from pytest_aiohttp import AiohttpClient
 
-    from proxy.reload import ReloadResult, RoutesWatcher
+    from proxy.routing.reload import ReloadResult, RoutesWatcher
     from tests.proxy.echo_upstream import EchoUpstream
 
 SAMPLE = "tests.proxy.newapp_sample:create_app"

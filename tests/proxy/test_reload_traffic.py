@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from proxy.app import PROXY, create_app
+from proxy.serving.app import PROXY, create_app
 from tests.proxy import forward_support
 from tests.proxy.forward_support import TIMEOUT, RawClient, request, serve_proxy
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-    from proxy._dispatch import Proxy
+    from proxy.core.state import Proxy
     from tests.proxy.echo_upstream import EchoUpstream
 
 POLL = 0.02

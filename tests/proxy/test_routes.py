@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
-from proxy._paths import normalise
 from proxy.errors import RoutesError
-from proxy.model import NEW, StickyKind
-from proxy.routes import RouteTable, load_routes
+from proxy.routing._paths import normalise
+from proxy.routing.model import NEW, StickyKind
+from proxy.routing.table import RouteTable, load_routes
 
 ROOT = Path(__file__).resolve().parents[2]
 

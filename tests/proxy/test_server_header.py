@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from proxy.app import create_app
+from proxy.serving.app import create_app
 from tests.proxy import newapp_sample
 
 if TYPE_CHECKING:

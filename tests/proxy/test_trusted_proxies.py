@@ -1,12 +1,12 @@
-"""Forwarding headers and the proxies we trust (`proxy.headers.ForwardingPolicy`).
+"""Forwarding headers and the proxies we trust (`proxy.core.headers.ForwardingPolicy`).
 
 A request from a peer inside a `trusted_proxies` network keeps the forwarding
 headers the proxy in front set: X-Forwarded-For is extended with the peer,
 the others pass as sent. From any other peer the proxy's own values replace
 them, and the client-address headers other proxies set are dropped. Both
 request paths are driven over loopback (the client is 127.0.0.1): a bodiless
-GET stays in the fast lane (`proxy._lanecall`), a POST with a body is handed
-to aiohttp's path (`proxy.forward`); each test checks which one ran.
+GET stays in the fast lane (`proxy.fastlane.call`), a POST with a body is handed
+to aiohttp's path (`proxy.webpath.relay`); each test checks which one ran.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, TypeAlias
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.app import PROXY, create_app
-from proxy.headers import ForwardingPolicy, upstream_request_headers
+from proxy.core.headers import ForwardingPolicy, upstream_request_headers
+from proxy.serving.app import PROXY, create_app
 from tests.proxy import forward_support
 from tests.proxy.forward_support import RawClient, legacy_routes, request, serve_proxy
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-    from proxy._protocol import ProxyAppRunner
+    from proxy.serving.protocol import ProxyAppRunner
     from tests.proxy.echo_upstream import EchoUpstream, Received
 
 # The shared fixture of the forwarding tests.

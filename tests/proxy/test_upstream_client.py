@@ -1,4 +1,4 @@
-"""The thin upstream client (proxy._upstream_client) and the raw request head.
+"""The thin upstream client (proxy.upstream.client) and the raw request head.
 
 Keep-alive reuse, idle expiry, the pool limit, the one stale-connection retry
 (idempotent, bodiless, reused connection, nothing received), early answers
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.app import PROXY
-from proxy.headers import ForwardingPolicy, upstream_request_head, upstream_request_headers
+from proxy.core.headers import ForwardingPolicy, upstream_request_head, upstream_request_headers
+from proxy.serving.app import PROXY
 from tests.proxy import forward_support
 from tests.proxy.forward_support import TIMEOUT, RawClient, proxy_app, request
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from pytest_aiohttp import AiohttpServer
 
-    from proxy._upstream_client import ConnectionPool
+    from proxy.upstream.client import ConnectionPool
     from tests.proxy.echo_upstream import EchoUpstream
 
 # The shared fixtures of the forwarding tests.

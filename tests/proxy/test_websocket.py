@@ -1,4 +1,4 @@
-"""WebSocket relaying through proxy.websocket against a real upstream on loopback.
+"""WebSocket relaying through proxy.webpath.websocket against a real upstream on loopback.
 
 The proxy under test is a tiny aiohttp app whose catch-all handler calls
 `relay_websocket` the way the forwarding code does, with the WebSocket session
@@ -19,9 +19,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.model import Upstream
-from proxy.upstreams import UpstreamPools
-from proxy.websocket import REFUSAL_BODY_LIMIT, is_websocket_upgrade, relay_websocket
+from proxy.routing.model import Upstream
+from proxy.upstream.handshake import REFUSAL_BODY_LIMIT
+from proxy.upstream.pools import UpstreamPools
+from proxy.webpath.websocket import is_websocket_upgrade, relay_websocket
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiohttp import WSMsgType, web
 
-from proxy.app import PROXY
+from proxy.serving.app import PROXY
 from tests.proxy.forward_support import proxy_app
 
 if TYPE_CHECKING:

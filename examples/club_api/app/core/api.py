@@ -8,7 +8,7 @@ object sits under the `API` key: `api = request.app[API]`.
 
 The flaw is kept on purpose: `store['websockets']` is process memory. With two
 instances, a message produced on instance 2 for a user connected to instance 1
-is lost (DESIGN.md §1); `legacy_compat.WebSocketHub` is the fix.
+is lost (docs/architecture.md, the legacy side); `legacy_compat.WebSocketHub` is the fix.
 """
 
 from __future__ import annotations

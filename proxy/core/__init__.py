@@ -1,0 +1,25 @@
+"""What both request paths share: state, the target decision, header rules, answers.
+
+`decide` (`proxy.core.decision`) is the one place a request's target is
+chosen; `Proxy` (`proxy.core.state`) the per-process state and the one place
+a finished request is recorded.
+"""
+
+from proxy.core.answers import ErrorResponse, error_response
+from proxy.core.decision import Decision, decide, match_request
+from proxy.core.headers import ForwardingPolicy
+from proxy.core.request_ids import request_id_from
+from proxy.core.state import CLIENT_CLOSED, PROXY, Proxy
+
+__all__ = [
+    "CLIENT_CLOSED",
+    "PROXY",
+    "Decision",
+    "ErrorResponse",
+    "ForwardingPolicy",
+    "Proxy",
+    "decide",
+    "error_response",
+    "match_request",
+    "request_id_from",
+]

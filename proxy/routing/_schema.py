@@ -1,0 +1,289 @@
+"""The routes.yaml schema (version 1): YAML nodes -> validated route values.
+
+Every item is checked on its own, so one pass reports every problem in the file
+(`RoutesError.errors`), each with file, line and key. docs/routes.md documents
+the keys, their defaults and the rules enforced here.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from yarl import URL
+
+from proxy.errors import RoutesError
+from proxy.routing._matcher import Matcher
+from proxy.routing._paths import Pattern, parse_pattern
+from proxy.routing._yaml import Node, compose
+from proxy.routing.model import (
+    NEW,
+    Canary,
+    NewTarget,
+    Route,
+    Sticky,
+    StickyKind,
+    Timeouts,
+    Upstream,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+__all__ = ["SCHEMA_VERSION", "Document", "parse_document"]
+
+SCHEMA_VERSION = 1
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_MATCH = re.compile(r"(?:(?P<methods>[^/]*?)\s+)?(?P<path>/\S*)")
+_NOT_YET = {
+    "shadow": "'shadow' is not supported yet (it is the next feature): remove it for now",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Document:
+    """The validated content of one routes file, ready to become a RouteTable."""
+
+    upstreams: dict[str, Upstream]
+    new: NewTarget | None
+    default: str
+    routes: tuple[Route, ...]
+    matcher: Matcher
+
+
+def parse_document(data: bytes, source: Path) -> Document:
+    """Validate routes.yaml content read from `source` (which anchors relative paths)."""
+    top = compose(data, source).mapping(
+        required=("version", "upstreams", "default"), optional=("new", "routes")
+    )
+    errors: list[RoutesError] = []
+    with _collect(errors):
+        if top["version"].integer() != SCHEMA_VERSION:
+            msg = f"unsupported schema version {top['version'].raw.value} (this proxy reads 1)"
+            raise top["version"].error(msg)
+    declared, upstreams = _upstreams(top["upstreams"], errors)
+    new = None
+    if "new" in top:
+        with _collect(errors):
+            new = _new(top["new"], source)
+    targets = _Targets(declared | ({NEW} if "new" in top else set()))
+    default = ""
+    with _collect(errors):
+        default = targets.check(top["default"])
+    routes: list[tuple[int, Route, Pattern]] = []
+    if "routes" in top:
+        routes = _routes(top["routes"], targets, errors)
+    matcher = None
+    with _collect(errors):
+        matcher = Matcher.build(routes, default=default, path=source)
+    if errors or matcher is None:
+        raise RoutesError.collect(errors)
+    return Document(
+        upstreams=upstreams,
+        new=new,
+        default=default,
+        routes=tuple(route for _, route, _ in routes),
+        matcher=matcher,
+    )
+
+
+@contextmanager
+def _collect(errors: list[RoutesError]) -> Iterator[None]:
+    """Record a RoutesError (all of its problems) and carry on with the next item."""
+    try:
+        yield
+    except RoutesError as exc:
+        errors.extend(exc.errors)
+
+
+@dataclass(frozen=True, slots=True)
+class _Targets:
+    names: frozenset[str] | set[str]
+
+    def check(self, node: Node) -> str:
+        name = node.string()
+        if name == NEW and NEW not in self.names:
+            msg = "target 'new' needs a top-level 'new:' section"
+            raise node.error(msg)
+        if name not in self.names:
+            known = ", ".join(sorted(self.names)) or "none"
+            msg = f"unknown target {name!r} (targets: {known})"
+            raise node.error(msg)
+        return name
+
+
+def _upstreams(node: Node, errors: list[RoutesError]) -> tuple[set[str], dict[str, Upstream]]:
+    declared: set[str] = set()
+    upstreams: dict[str, Upstream] = {}
+    with _collect(errors):
+        for name, spec in node.entries().items():
+            declared.add(name)
+            with _collect(errors):
+                upstreams[name] = _upstream(name, spec)
+    return declared, upstreams
+
+
+def _upstream(name: str, node: Node) -> Upstream:
+    if name == NEW or not _NAME.fullmatch(name):
+        msg = f"invalid upstream name {name!r} (letters, digits, '.', '_', '-'; not 'new')"
+        raise node.error(msg)
+    spec = node.mapping(
+        required=("url",),
+        optional=(
+            "connect_timeout",
+            "read_timeout",
+            "max_connections",
+            "keepalive_timeout",
+            "ws_max_message_size",
+        ),
+    )
+    kwargs: dict[str, Any] = {"name": name, "url": _url(spec["url"])}
+    for key in ("connect_timeout", "read_timeout", "keepalive_timeout"):
+        if key in spec:
+            kwargs[key] = spec[key].duration()
+    if "max_connections" in spec:
+        kwargs["max_connections"] = _positive_int(spec["max_connections"])
+    if "ws_max_message_size" in spec:
+        kwargs["ws_max_message_size"] = spec["ws_max_message_size"].size()
+    return Upstream(**kwargs)
+
+
+def _url(node: Node) -> URL:
+    text = node.string()
+    try:
+        url = URL(text)
+    except ValueError as exc:
+        msg = f"invalid url {text!r}: {exc}"
+        raise node.error(msg) from exc
+    if url.scheme not in {"http", "https"} or not url.host:
+        msg = f"url {text!r} must be http:// or https:// with a host"
+        raise node.error(msg)
+    if url.raw_path not in {"", "/"} or url.raw_query_string or url.raw_fragment or url.user:
+        msg = f"url {text!r} must be only scheme://host[:port]: the request path is forwarded as is"
+        raise node.error(msg)
+    return url.origin()
+
+
+def _positive_int(node: Node) -> int:
+    value = node.integer()
+    if value <= 0:
+        msg = f"must be a positive integer, not {value}"
+        raise node.error(msg)
+    return value
+
+
+def _new(node: Node, source: Path) -> NewTarget:
+    spec = node.mapping(optional=("app", "url", "config_dir"))
+    if ("app" in spec) == ("url" in spec):
+        msg = "give exactly one of 'app' (in-process module:factory) or 'url'"
+        raise node.error(msg)
+    if "url" in spec:
+        if "config_dir" in spec:
+            msg = "config_dir applies only to an in-process 'app'"
+            raise spec["config_dir"].error(msg)
+        return NewTarget(url=_url(spec["url"]))
+    app = spec["app"].string()
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", app):
+        msg = f"app {app!r} must look like 'package.module:factory'"
+        raise spec["app"].error(msg)
+    config_dir = None
+    if "config_dir" in spec:
+        # Relative to the routes file, so the file means the same from any working directory.
+        config_dir = (source.parent / spec["config_dir"].string()).resolve()
+    return NewTarget(app=app, config_dir=config_dir)
+
+
+def _routes(
+    node: Node, targets: _Targets, errors: list[RoutesError]
+) -> list[tuple[int, Route, Pattern]]:
+    routes: list[tuple[int, Route, Pattern]] = []
+    seen: dict[str, Route] = {}
+    with _collect(errors):
+        for index, item in enumerate(node.sequence()):
+            with _collect(errors):
+                route, pattern = _route(item, targets)
+                if (first := seen.get(route.id)) is not None:
+                    msg = f"duplicate route id {route.id!r} (first at line {first.line})"
+                    raise item.error(msg)
+                seen[route.id] = route
+                routes.append((index, route, pattern))
+    return routes
+
+
+def _route(node: Node, targets: _Targets) -> tuple[Route, Pattern]:
+    spec = node.mapping(
+        required=("id", "match", "to"), optional=("canary", "timeouts"), rejected=_NOT_YET
+    )
+    route_id = spec["id"].string()
+    if not _NAME.fullmatch(route_id):
+        msg = f"invalid id {route_id!r} (letters, digits, '.', '_', '-')"
+        raise spec["id"].error(msg)
+    methods, path, pattern = _match(spec["match"])
+    to = targets.check(spec["to"])
+    canary = _canary(spec["canary"], to, targets) if "canary" in spec else None
+    timeouts = _timeouts(spec["timeouts"]) if "timeouts" in spec else Timeouts()
+    route = Route(
+        id=route_id,
+        methods=methods,
+        path=path,
+        to=to,
+        canary=canary,
+        timeouts=timeouts,
+        line=node.line,
+    )
+    return route, pattern
+
+
+def _match(node: Node) -> tuple[frozenset[str], str, Pattern]:
+    text = node.string().strip()
+    found = _MATCH.fullmatch(text)
+    if found is None:
+        msg = f"{text!r} is not 'METHOD[,METHOD] /path' or '/path'"
+        raise node.error(msg)
+    methods = frozenset(m.strip().upper() for m in (found["methods"] or "").split(",") if m.strip())
+    if found["methods"] and not methods:
+        msg = f"{text!r}: empty method list"
+        raise node.error(msg)
+    if bad := [m for m in sorted(methods) if not _TOKEN.fullmatch(m)]:
+        msg = f"{text!r}: invalid method {bad[0]!r}"
+        raise node.error(msg)
+    try:
+        pattern = parse_pattern(found["path"])
+    except ValueError as exc:
+        raise node.error(str(exc)) from exc
+    return methods, found["path"], pattern
+
+
+def _canary(node: Node, to: str, targets: _Targets) -> Canary:
+    spec = node.mapping(required=("to", "weight"), optional=("sticky",))
+    canary_to = targets.check(spec["to"])
+    if canary_to == to:
+        msg = f"the canary goes to {to!r}, the same target as the route"
+        raise spec["to"].error(msg)
+    weight = spec["weight"].number()
+    if not 0.0 <= weight <= 1.0:
+        msg = f"weight must be between 0 and 1, not {weight}"
+        raise spec["weight"].error(msg)
+    sticky = _sticky(spec["sticky"]) if "sticky" in spec else None
+    return Canary(to=canary_to, weight=weight, sticky=sticky)
+
+
+def _sticky(node: Node) -> Sticky:
+    kind, _, name = node.string().partition(":")
+    kinds = {k.value: k for k in StickyKind}
+    if kind not in kinds or not _TOKEN.fullmatch(name):
+        msg = f"sticky must be 'header:NAME' or 'cookie:NAME', not {node.raw.value!r}"
+        raise node.error(msg)
+    return Sticky(kind=kinds[kind], name=name)
+
+
+def _timeouts(node: Node) -> Timeouts:
+    spec = node.mapping(optional=("connect", "read"))
+    return Timeouts(
+        connect=spec["connect"].duration() if "connect" in spec else None,
+        read=spec["read"].duration() if "read" in spec else None,
+    )

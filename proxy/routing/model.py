@@ -1,0 +1,108 @@
+"""The route table: what routes.yaml means, as immutable values.
+
+`proxy.routing.table` builds a `RouteTable` of these from the file and owns
+matching; everything else in the proxy only reads them. A table is never
+mutated: a reload builds a new one and swaps it whole.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from yarl import URL
+
+__all__ = [
+    "NEW",
+    "Canary",
+    "NewTarget",
+    "Route",
+    "RouteMatch",
+    "Sticky",
+    "StickyKind",
+    "Timeouts",
+    "Upstream",
+]
+
+# The target name of the new side; every other target names an upstream.
+NEW = "new"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Upstream:
+    """An HTTP upstream (the legacy club-api, or any other backend) and its pool."""
+
+    name: str
+    url: URL
+    connect_timeout: float = 2.0
+    read_timeout: float = 30.0
+    max_connections: int = 100
+    # Below the upstream's own keep-alive timeout (aiohttp's server default is 75 s),
+    # so the proxy never reuses a connection the upstream is about to close.
+    keepalive_timeout: float = 15.0
+    # Above aiohttp's 4 MiB default, so the proxy is not the hop that refuses
+    # a message club-api (or its client) would take; a message is held whole
+    # per hop, so this bounds the memory one socket can take.
+    ws_max_message_size: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewTarget:
+    """Where `to: new` goes: an in-process app factory or an out-of-process URL."""
+
+    app: str | None = None  # "module:factory"
+    url: URL | None = None
+    config_dir: Path | None = None  # legacy config handed to the factory as Settings
+
+
+class StickyKind(enum.Enum):
+    HEADER = "header"
+    COOKIE = "cookie"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sticky:
+    kind: StickyKind
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Canary:
+    """Send `weight` (0..1) of a route's traffic to `to`, optionally sticky per client."""
+
+    to: str
+    weight: float
+    sticky: Sticky | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Per-route overrides of the upstream timeouts (None: the upstream's own)."""
+
+    connect: float | None = None
+    read: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    id: str
+    methods: frozenset[str]  # empty: every method
+    path: str  # the pattern as written, e.g. "/api/users/{id}"
+    to: str
+    canary: Canary | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    line: int = 0  # where the route starts in routes.yaml, for messages
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteMatch:
+    """The result of matching one request; `route` is None when `default` applied."""
+
+    route: Route | None
+    target: str
+    params: Mapping[str, str]

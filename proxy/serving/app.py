@@ -1,0 +1,204 @@
+"""The proxy application: `create_app`, its AppKey and its lifecycle.
+
+aiohttp's request path is `proxy.webpath.dispatch.WebPath.handle`, one catch-all
+route in front of the route table. Resources live in `cleanup_ctx`: the watcher task,
+the upstream pools (kept in step with reloads) and the in-process new app,
+built once: a reload that would need other code is refused
+(`proxy.serving.check.reload_errors`). SIGHUP reloads routes.yaml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from proxy.core.answers import error_response
+from proxy.core.headers import ForwardingPolicy, request_id_from
+from proxy.core.state import PROXY, Proxy
+from proxy.errors import AppFactoryError
+from proxy.routing.model import NEW, Upstream
+from proxy.routing.reload import RoutesWatcher
+from proxy.serving.check import reload_errors
+from proxy.telemetry.accesslog import AccessLog
+from proxy.telemetry.metrics import ProxyMetrics
+from proxy.upstream.limits import ClientLimits
+from proxy.upstream.pools import UpstreamPools
+from proxy.webpath.appfactory import build_new_app
+from proxy.webpath.dispatch import WebPath
+from proxy.webpath.inprocess import InProcessApp
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+    from pathlib import Path
+
+    from aiohttp.typedefs import Handler
+
+    from proxy.routing.table import RouteTable
+
+__all__ = ["PROXY", "Proxy", "ServerLimits", "create_app", "server_handler_args"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerLimits:
+    """Client-facing limits. Parser limits are at least the legacy club-api's
+    (aiohttp defaults); idle keep-alive connections close after
+    `keepalive_timeout` seconds (nginx's 75 s; aiohttp's own is an hour)."""
+
+    max_line_size: int = 8190
+    max_field_size: int = 8190
+    max_headers: int = 128
+    keepalive_timeout: float = 75.0
+
+
+def server_handler_args(limits: ServerLimits) -> dict[str, object]:
+    """aiohttp server settings for a pass-through proxy, whatever runner serves the app.
+
+    `auto_decompress=False`: a gzip request body must reach the upstream as
+    sent. `handler_cancellation=True`: a client that goes away cancels its
+    upstream request at once. aiohttp's own access log is off: ours has the
+    route, target and request id.
+    """
+    return {
+        "keepalive_timeout": limits.keepalive_timeout,
+        "auto_decompress": False,
+        "handler_cancellation": True,
+        "access_log": None,
+        "max_line_size": limits.max_line_size,
+        "max_field_size": limits.max_field_size,
+        "max_headers": limits.max_headers,
+    }
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: in-process app built, pools, watcher task, app started and SIGHUP."""
+    proxy = app[PROXY]
+    new_app = _build_new_app(proxy.watcher)
+    proxy.pools.sync(_upstreams_of(proxy.watcher.table))
+    proxy.watcher.add_listener(lambda _old, new: proxy.pools.sync(_upstreams_of(new)))
+    await proxy.watcher.start()
+    inprocess = InProcessApp(new_app) if new_app is not None else None
+    try:
+        if inprocess is not None:
+            await inprocess.start()
+            proxy.inprocess = inprocess
+        loop = asyncio.get_running_loop()
+        try:
+            if proxy.reload_on_sighup:
+                loop.add_signal_handler(signal.SIGHUP, _on_sighup, proxy.watcher)
+            proxy.ready = True
+            yield
+        finally:
+            proxy.ready = False
+            if proxy.reload_on_sighup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            if inprocess is not None:
+                await inprocess.close()
+    finally:
+        await proxy.watcher.stop()
+        await proxy.pools.close()
+
+
+def _build_new_app(watcher: RoutesWatcher) -> web.Application | None:
+    """The in-process app the active table names (None: none); reloads are held to it.
+
+    An app that cannot be built while no route uses `new` is a warning, as
+    in `club-proxy check`: the proxy serves, and a reload that routes to
+    `new` is refused until a restart can build it.
+    """
+    table = watcher.table
+    running = table.new if table.new is not None and table.new.app is not None else None
+    new_app: web.Application | None = None
+    if running is not None:
+        try:
+            new_app = build_new_app(running)
+        except AppFactoryError as exc:
+            if table.uses_new:
+                raise
+            logger.warning(
+                "proxy.new_app_unavailable", extra={"app": running.app, "error": str(exc)}
+            )
+    watcher.validator = partial(reload_errors, running=running, app=new_app)
+    return new_app
+
+
+def _on_sighup(watcher: RoutesWatcher) -> None:
+    result = watcher.reload()
+    logger.info("proxy.sighup_reload", extra={"ok": result.ok, "digest": result.digest})
+
+
+def _upstreams_of(table: RouteTable) -> Iterable[Upstream]:
+    yield from table.upstreams.values()
+    if table.new is not None and table.new.url is not None:
+        yield Upstream(name=NEW, url=table.new.url)
+
+
+@web.middleware
+async def _non_origin_targets(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # The catch-all route matches every origin-form target; what reaches the
+    # router's 404/405 is CONNECT's authority-form or OPTIONS's asterisk-form.
+    if request.match_info.http_exception is None:
+        return await handler(request)
+    rid = request_id_from(request.headers.get("X-Request-ID"))
+    if request.method == "CONNECT":
+        response = error_response(405, "method not allowed", request_id=rid, kind="method")
+    else:
+        response = error_response(400, "unsupported request target", request_id=rid, kind="target")
+    request.app[PROXY].record_rejected(
+        request_id=rid,
+        status=response.status,
+        body_bytes=response.body_size,
+        method=request.method,
+        raw_target=request.raw_path,
+    )
+    return response
+
+
+def create_app(
+    *,
+    routes_path: Path,
+    trusted_proxies: Iterable[str] = (),
+    pseudonym: str = "club-proxy",
+    poll_interval: float = 0.5,
+    reload_on_sighup: bool = True,
+    server_limits: ServerLimits | None = None,
+    client_limits: ClientLimits | None = None,
+    metrics: ProxyMetrics | None = None,
+    access_log: AccessLog | None = None,
+    fast_lane: bool = True,
+) -> web.Application:
+    """The proxy application for `routes_path` (RoutesError now if the file is invalid).
+
+    `trusted_proxies` are the CIDRs whose X-Forwarded-* headers are kept;
+    `pseudonym` is this proxy's name in `Via`. `access_log` defaults to lines
+    on the `proxy.access` logger; `club-proxy run` passes a buffered stdout one.
+    `fast_lane=False` sends every request through aiohttp's web layer even
+    when `ProxyAppRunner` serves the app (see `proxy.fastlane.lane`).
+    """
+    watcher = RoutesWatcher(routes_path, poll_interval=poll_interval)
+    proxy = Proxy(
+        watcher=watcher,
+        policy=ForwardingPolicy.from_cidrs(trusted_proxies, pseudonym=pseudonym),
+        metrics=metrics or ProxyMetrics(),
+        access=access_log or AccessLog(),
+        pools=UpstreamPools(limits=client_limits or ClientLimits()),
+        reload_on_sighup=reload_on_sighup,
+        fast_lane=fast_lane,
+    )
+    proxy.metrics.watch_reloads(watcher)
+    proxy.metrics.watch_pools(proxy.pools)
+    app = web.Application(
+        handler_args=server_handler_args(server_limits or ServerLimits()),
+        middlewares=[_non_origin_targets],
+    )
+    app[PROXY] = proxy
+    app.router.add_route("*", "/{tail:.*}", WebPath(proxy).handle)
+    app.cleanup_ctx.append(_lifecycle)
+    return app

@@ -1,0 +1,242 @@
+"""aiohttp's web path: one catch-all handler in front of the route table.
+
+Requests the fast lane does not relay (bodies, upgrades, in-process `new`,
+HTTP/1.0, anything unusual; every request with `--no-fast-lane` or another
+runner) come here. Each request is decided once (`proxy.core.decision`; a
+request the lane handed over keeps the lane's decision) and keeps its table
+to its end, so a reload never changes a request in flight. The decision names
+a target: an HTTP upstream (streamed by `proxy.webpath.relay`, or relayed by
+`proxy.webpath.websocket` for an upgrade) or `new`, answered in-process by
+the new application without an HTTP hop (or forwarded when `new` is a URL).
+Every request ends with one access line and its metrics (`Proxy.record`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from time import perf_counter
+from typing import TYPE_CHECKING, Final
+
+from yarl import URL
+
+from proxy.core.answers import ErrorResponse, error_response, refusal
+from proxy.core.decision import decide, match_request, take_decision
+from proxy.core.headers import request_id_from, upstream_request_headers
+from proxy.core.state import CLIENT_CLOSED
+from proxy.routing.model import NEW, Upstream
+from proxy.upstream.limits import route_timeout
+from proxy.webpath.relay import PassThroughResponse, forward
+from proxy.webpath.websocket import is_websocket_upgrade, relay_websocket
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp import web
+    from multidict import CIMultiDict
+
+    from proxy.core.state import InProcessHandler, Proxy
+    from proxy.routing.model import NewTarget, Route
+    from proxy.routing.table import RouteTable
+
+__all__ = ["WebPath"]
+
+_UPSTREAM_KINDS: Final = frozenset({"connect", "timeout", "protocol"})
+
+
+@dataclass(slots=True, kw_only=True)
+class _Call:
+    """One request on its way: what it matched, on which table, since when."""
+
+    request: web.Request
+    rid: str
+    table: RouteTable
+    route: Route | None
+    target: str
+    target_bytes: str
+    start: float
+    # Counts the body bytes of an answer the proxy does not relay itself.
+    sent: _BodyCounter | None = None
+    aborted: str | None = None
+
+    def count_body(self) -> None:
+        """Count the body bytes aiohttp writes for this request from now on."""
+        if self.sent is None:
+            self.sent = _BodyCounter()
+            self.request.writer.on_body_write = self.sent
+
+
+class _BodyCounter:
+    """`AbstractStreamWriter.on_body_write` callback: body bytes, headers and framing excluded."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def __call__(self, size: int, _output_size: int) -> None:
+        self.bytes += size
+
+
+class WebPath:
+    """The catch-all handler of the proxy app (`app.router`'s only route)."""
+
+    __slots__ = ("_new_target", "_new_upstream", "proxy")
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        # The `new` target as an upstream when routes.yaml gives it a URL.
+        self._new_target: NewTarget | None = None
+        self._new_upstream: Upstream | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The catch-all handler."""
+        target_bytes = request.raw_path
+        if target_bytes[:1] != "/":
+            # absolute-form (RFC 9112 §3.2.2): forward its origin-form, bytes kept.
+            target_bytes = request.rel_url.raw_path_qs
+        proxy = self.proxy
+        method = request.method
+        decision = take_decision(request.protocol, method, target_bytes)
+        if decision is None:
+            table = proxy.watcher.table
+            match = match_request(table, method, target_bytes)
+            decision = decide(table, match, request.headers, request.cookies)
+        call = _Call(
+            request=request,
+            rid=request_id_from(request.headers.get("X-Request-ID")),
+            table=decision.table,
+            route=decision.route,
+            target=decision.target,
+            target_bytes=target_bytes,
+            start=perf_counter(),
+        )
+        response: web.StreamResponse | None = None
+        proxy.metrics.in_flight += 1
+        try:
+            response = refusal(request, proxy.policy, call.rid) or await self._dispatch(call)
+            if type(response) is not PassThroughResponse:
+                await _write(call, response)
+            return response
+        finally:
+            proxy.metrics.in_flight -= 1
+            self._record(call, response)
+
+    async def _dispatch(self, call: _Call) -> web.StreamResponse:
+        proxy = self.proxy
+        if call.target == NEW:
+            if proxy.inprocess is not None:
+                return await self._in_process(proxy.inprocess, call)
+            upstream = self._new_as_upstream(call.table)
+            if upstream is None:
+                error = "new target not configured"
+                return error_response(500, error, request_id=call.rid, kind="config")
+        else:
+            upstream = call.table.upstreams[call.target]
+        pool = proxy.pools.acquire(upstream)
+        try:
+            request = call.request
+            if "Upgrade" in request.headers and is_websocket_upgrade(request):
+                return await self._websocket(call, pool.session, pool.base, upstream)
+            return await forward(
+                request,
+                call.target_bytes,
+                pool=pool,
+                policy=proxy.policy,
+                request_id=call.rid,
+                client_timeout=route_timeout(call.route, upstream),
+            )
+        finally:
+            proxy.pools.release(pool)
+
+    async def _websocket(
+        self, call: _Call, session: aiohttp.ClientSession, base: str, upstream: Upstream
+    ) -> web.StreamResponse:
+        request = call.request
+        return await relay_websocket(
+            request,
+            url=URL(base + call.target_bytes, encoded=True),
+            headers=self._upstream_headers(call),
+            session=session,
+            max_msg_size=upstream.ws_max_message_size,
+            request_id=call.rid,
+        )
+
+    async def _in_process(self, inprocess: InProcessHandler, call: _Call) -> web.StreamResponse:
+        # The new handler sees what an upstream would: cleaned headers plus
+        # X-Forwarded-*, Via and X-Request-ID. InProcessApp turns its errors
+        # into answers (500 JSON).
+        request = call.request
+        headers = self._upstream_headers(call)
+        if "Upgrade" in request.headers and is_websocket_upgrade(request):
+            # Upgrade and Connection are hop-by-hop between two HTTP hops, but
+            # in-process the new handler is the WebSocket endpoint and needs them.
+            headers["Upgrade"] = request.headers["Upgrade"]
+            headers["Connection"] = "Upgrade"
+        # Counted from here: a streaming handler writes before it returns.
+        call.count_body()
+        response = await inprocess.handle(request, headers=headers, request_id=call.rid)
+        if not response.prepared:
+            response.headers["X-Request-ID"] = call.rid
+        return response
+
+    def _upstream_headers(self, call: _Call) -> CIMultiDict[str]:
+        # What an upstream would see: cleaned headers plus the gateway's own.
+        request = call.request
+        return upstream_request_headers(
+            request.headers,
+            policy=self.proxy.policy,
+            peer=request.remote,
+            scheme=request.scheme,
+            request_id=call.rid,
+        )
+
+    def _new_as_upstream(self, table: RouteTable) -> Upstream | None:
+        new = table.new
+        if new is None or new.url is None:
+            return None  # the loader rejects such a table; a bug if seen
+        if new is not self._new_target or self._new_upstream is None:
+            self._new_target, self._new_upstream = new, Upstream(name=NEW, url=new.url)
+        return self._new_upstream
+
+    def _record(self, call: _Call, response: web.StreamResponse | None) -> None:
+        aborted: str | None = None
+        upstream_error: str | None = None
+        body_bytes = 0
+        status = CLIENT_CLOSED
+        if type(response) is PassThroughResponse:
+            aborted, body_bytes, status = response.aborted, response.body_bytes, response.status
+            if aborted == "upstream":
+                upstream_error = "aborted"
+        elif response is not None:
+            status, aborted = response.status, call.aborted
+            body_bytes = call.sent.bytes if call.sent is not None else 0
+            if type(response) is ErrorResponse and response.kind in _UPSTREAM_KINDS:
+                upstream_error = response.kind
+        else:
+            aborted = "client"
+        if aborted == "client":
+            # Logged as the fast lane logs it (and nginx): the client left.
+            status = CLIENT_CLOSED
+        self.proxy.record(
+            request_id=call.rid,
+            route=call.route,
+            target=call.target,
+            method=call.request.method,
+            raw_target=call.target_bytes,
+            status=status,
+            body_bytes=body_bytes,
+            start=call.start,
+            aborted=aborted,
+            upstream_error=upstream_error,
+        )
+
+
+async def _write(call: _Call, response: web.StreamResponse) -> None:
+    # Written here rather than by aiohttp once the handler has returned, so
+    # the access log and metrics get the body bytes sent and the whole
+    # duration; aiohttp's own prepare/write_eof then find the answer done.
+    call.count_body()
+    try:
+        await response.prepare(call.request)
+        await response.write_eof()
+    except ConnectionResetError:
+        call.aborted = "client"

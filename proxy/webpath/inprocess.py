@@ -1,0 +1,156 @@
+"""Serve `to: new` requests from the new aiohttp Application inside the proxy process.
+
+aiohttp has no public API for handing a request to another Application, so this
+module leans on two private-but-stable pieces of aiohttp 3.x, both pinned by
+tests/proxy/test_inprocess.py so an upgrade that changes them fails loudly:
+
+- `Request.clone()` (public) gives a request that shares the connection, the
+  payload stream and the writer but has no resolved route yet;
+- `Application._handle(request)` (private) is exactly what aiohttp's own server
+  calls per request: resolve the route in the app's router, attach the app to
+  `request.match_info` (so `request.app` is the NEW app and its AppKeys work),
+  run its middlewares, call the handler.
+
+Lifecycle mirrors `web.AppRunner`: freeze on_startup, run startup (which enters
+the app's cleanup_ctx), freeze the rest; `close()` runs shutdown and cleanup.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from aiohttp import hdrs, web
+
+from proxy.core.answers import error_response
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = ["InProcessApp"]
+
+logger = logging.getLogger(__name__)
+
+
+class InProcessApp:
+    """The new app, started inside the proxy and called without an HTTP hop.
+
+    `await start()` runs its startup and cleanup_ctx, `await close()` its shutdown
+    and cleanup; `cleanup_ctx` does both for the proxy app. `await handle(request)`
+    dispatches a proxy request into it: handlers see a normal request (their own
+    `match_info`, `request.app`, headers, body), middlewares run, 404/405 and
+    other HTTP errors come back as responses, and an exception becomes a 500
+    JSON `{"error", "request_id"}`.
+    """
+
+    __slots__ = ("_app", "_started")
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._started = False
+        # Also for answers the handler prepares itself (a stream, a WebSocket),
+        # which are on the wire before the proxy sees them.
+        app.on_response_prepare.append(_echo_request_id)
+
+    @property
+    def app(self) -> web.Application:
+        return self._app
+
+    async def start(self) -> None:
+        """Run the app's on_startup signal (and so its cleanup_ctx), as AppRunner does."""
+        self._app.on_startup.freeze()
+        try:
+            await self._app.startup()
+        except BaseException:
+            # Unwind the cleanup_ctx entries that did start.
+            await self._app.cleanup()
+            raise
+        self._app.freeze()
+        self._started = True
+
+    async def close(self) -> None:
+        """Run on_shutdown, then on_cleanup (closing cleanup_ctx resources in reverse)."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            await self._app.shutdown()
+        finally:
+            await self._app.cleanup()
+
+    async def cleanup_ctx(self, _: web.Application) -> AsyncIterator[None]:
+        """For `proxy_app.cleanup_ctx.append(inprocess.cleanup_ctx)`."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.close()
+
+    async def handle(
+        self,
+        request: web.Request,
+        *,
+        headers: CIMultiDict[str] | CIMultiDictProxy[str] | None = None,
+        request_id: str | None = None,
+    ) -> web.StreamResponse:
+        """Dispatch `request` into the new app and return its response (not yet prepared).
+
+        `headers` replaces the headers the handler sees (the proxy passes the
+        client's headers plus X-Forwarded-*/X-Request-ID); by default it sees
+        the client's own. The body is the client's stream, read by the handler.
+        """
+        if not self._started:
+            msg = "InProcessApp.start() has not been awaited"
+            raise RuntimeError(msg)
+        inner = _inner_request(request, headers)
+        rid = request_id or inner.headers.get("X-Request-ID") or uuid.uuid4().hex
+        try:
+            response = await self._app._handle(inner)  # noqa: SLF001 - see module docstring
+        except web.HTTPException as exc:
+            response = _as_response(exc)
+        except Exception:
+            logger.exception("proxy.new_handler_error", extra={"request_id": rid})
+            if request.writer.output_size:
+                raise  # the handler had started its answer: only aborting is honest
+            return error_response(500, "new handler failed", request_id=rid, kind="new_handler")
+        if not response.prepared:
+            await _run_prepare_hooks(inner, response)
+        return response
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # The proxy put its request id in the request the new app sees.
+    rid = request.headers.get("X-Request-ID")
+    if rid is not None:
+        response.headers["X-Request-ID"] = rid
+
+
+def _inner_request(
+    request: web.Request, headers: CIMultiDict[str] | CIMultiDictProxy[str] | None
+) -> web.Request:
+    # The proxy's own server already answered `Expect: 100-continue` before
+    # routing; the new app would send a second "100 Continue" on the same wire.
+    if headers is None and hdrs.EXPECT not in request.headers:
+        return request.clone()
+    source = request.headers if headers is None else headers
+    return request.clone(headers=[(k, v) for k, v in source.items() if k.lower() != "expect"])
+
+
+def _as_response(exc: web.HTTPException) -> web.Response:
+    # Raised HTTP errors (router 404/405, a handler's HTTPFound...) are
+    # answers; returning the exception object itself is deprecated in aiohttp.
+    response = web.Response(status=exc.status, reason=exc.reason, body=exc.body)
+    for name, value in exc.headers.items():
+        if name != hdrs.CONTENT_LENGTH:
+            response.headers.add(name, value)
+    return response
+
+
+async def _run_prepare_hooks(request: web.Request, response: web.StreamResponse) -> None:
+    # The proxy prepares the response with ITS request, which runs only the
+    # proxy's on_response_prepare; the new app's hooks run here, first.
+    for app in request.match_info.apps:
+        await app.on_response_prepare.send(request, response)

@@ -1,0 +1,171 @@
+"""Stream one request to an HTTP upstream and its answer back to the client.
+
+Transparent by construction: the raw request target is forwarded byte for
+byte, the original `Host` is kept, bodies stream both ways with bounded memory
+and are never decompressed or recompressed, and the only headers that change
+are the ones `proxy.core.headers` owns. Failures become answers: `failure_response`
+is the one place that maps an upstream failure to 502 or 504; once the
+response headers are on their way, a broken upstream aborts the client
+connection instead, so a truncated body is never reported as a success.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from proxy.core.answers import failure_response
+from proxy.core.headers import response_headers, upstream_request_head
+from proxy.upstream.failures import UPSTREAM_FAILURES
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp.streams import StreamReader
+
+    from proxy.core.headers import ForwardingPolicy
+    from proxy.upstream.pools import UpstreamPool
+
+__all__ = ["PassThroughResponse", "forward"]
+
+logger = logging.getLogger(__name__)
+
+
+class PassThroughResponse(web.StreamResponse):
+    """An upstream's answer on its way to the client.
+
+    Headers are held back until the first body bytes (one write for small
+    answers) or until the proxy would have to wait for the upstream.
+    """
+
+    _send_headers_immediately = False
+
+    def __init__(self, *, status: int, reason: str | None, headers: object) -> None:
+        super().__init__(status=status, reason=reason, headers=headers)  # type: ignore[arg-type]
+        self.upstream_server = "Server" in self.headers
+        self.upstream_content_type = "Content-Type" in self.headers
+        self.body_bytes = 0
+        # Why the client connection was cut mid-body, if it was.
+        self.aborted: str | None = None
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        # Undo what aiohttp's server adds: `Server` always, `Content-Type:
+        # application/octet-stream` when a body has none; the upstream's answer
+        # reaches the client as sent. Here rather than in an on_response_prepare
+        # hook: with no hook, aiohttp skips the signal (an await) per answer.
+        if not self.upstream_server:
+            self.headers.popall("Server", None)
+        if not self.upstream_content_type:
+            self.headers.popall("Content-Type", None)
+
+
+async def forward(
+    request: web.Request,
+    target: str,
+    *,
+    pool: UpstreamPool,
+    policy: ForwardingPolicy,
+    request_id: str,
+    client_timeout: aiohttp.ClientTimeout | None = None,
+) -> web.StreamResponse:
+    """Send `request` to the upstream of `pool` and stream the answer back.
+
+    `target` is the raw request target (path and query, undecoded) to send
+    upstream. Returns a prepared and finished `PassThroughResponse`, or an
+    unprepared `ErrorResponse` when the upstream could not answer.
+
+    Long because it is every relayed request's path, kept in one frame.
+    """
+    method = request.method
+    has_body = request.body_exists
+    head, chunked = upstream_request_head(
+        method,
+        target,
+        request.raw_headers,
+        policy=policy,
+        peer=request.remote,
+        scheme=request.scheme,
+        request_id=request_id,
+        default_host=pool.host_header,
+        body=has_body,
+    )
+    timeout = client_timeout or pool.timeout
+    try:
+        exchange = await pool.client.request(
+            method,
+            head,
+            request.content if has_body else None,
+            chunked=chunked,
+            connect_timeout=timeout.connect,
+            read_timeout=timeout.sock_read,
+        )
+    except UPSTREAM_FAILURES as exc:
+        return failure_response(exc, request_id=request_id, upstream=pool.upstream.name)
+    # Any exit but a complete relay (client gone, cancellation) closes the
+    # upstream connection instead of returning a half-read one to the pool.
+    try:
+        message, content = exchange.message, exchange.content
+        response = PassThroughResponse(
+            status=message.code,
+            reason=message.reason,
+            headers=response_headers(message.headers, request_id=request_id),
+        )
+        await response.prepare(request)
+        await _relay(content, response, request, request_id=request_id)
+    finally:
+        exchange.finish()
+    return response
+
+
+class _UpstreamBodyError(Exception):
+    """The upstream failed after its response headers were relayed."""
+
+
+async def _relay(
+    content: StreamReader,
+    response: PassThroughResponse,
+    request: web.Request,
+    *,
+    request_id: str,
+) -> None:
+    try:
+        await _copy_body(content, response)
+    except ConnectionResetError:
+        # The client went away mid-answer: nothing to tell it. The caller's
+        # `finally` closes the upstream connection; aiohttp ends this one.
+        response.aborted = "client"
+        logger.debug("proxy.client_gone", extra={"request_id": request_id})
+    except _UpstreamBodyError as exc:
+        # Too late for a 502: cut the client connection so it sees a truncated
+        # message (short of Content-Length, or no last chunk), never a success.
+        response.aborted = "upstream"
+        logger.warning(
+            "proxy.upstream_aborted",
+            extra={"request_id": request_id, "sent": response.body_bytes, "error": repr(exc)},
+        )
+        request.protocol.force_close()
+
+
+async def _copy_body(content: StreamReader, response: PassThroughResponse) -> None:
+    write = response.write
+    sent = 0
+    while True:
+        if content.total_bytes == sent and not content.is_eof():
+            # Nothing buffered: let the client see the headers while we wait.
+            await write(b"")
+        try:
+            chunk = await content.readany()
+        except UPSTREAM_FAILURES as exc:
+            raise _UpstreamBodyError from exc
+        if not chunk:
+            break
+        sent += len(chunk)
+        response.body_bytes = sent
+        if content.at_eof():
+            # The last piece: body and end of message in one write.
+            await response.write_eof(chunk)
+            return
+        await write(chunk)
+    await response.write_eof()
