@@ -12,7 +12,8 @@ without starting it, so checking never touches a database.
 from __future__ import annotations
 
 import asyncio
-import importlib
+import pkgutil
+import sys
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -42,18 +43,18 @@ def load_factory(spec: str) -> Callable[..., Any]:
         raise AppFactoryError(msg)
     module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        # Imports the module, then looks the dotted attribute up in it.
+        target: Any = pkgutil.resolve_name(spec)
+    except AttributeError as exc:
+        if module_name not in sys.modules:  # raised while importing the module
+            msg = f"app {spec!r}: cannot import module {module_name!r}: {exc!r}"
+        else:
+            msg = f"app {spec!r}: module {module_name!r} has no attribute {attr!r}"
+        raise AppFactoryError(msg) from exc
     # Importing user code can raise anything; report it as a config problem.
     except Exception as exc:
         msg = f"app {spec!r}: cannot import module {module_name!r}: {exc!r}"
         raise AppFactoryError(msg) from exc
-    target: Any = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError as exc:
-            msg = f"app {spec!r}: module {module_name!r} has no attribute {attr!r}"
-            raise AppFactoryError(msg) from exc
     if not callable(target):
         msg = f"app {spec!r}: {attr!r} is not callable"
         raise AppFactoryError(msg)

@@ -72,7 +72,7 @@ def _side(body: bytes, other: EchoUpstream) -> str:
 @pytest.mark.parametrize("canary_to", ["new", "other"])
 @pytest.mark.parametrize("fresh_connections", [True, False], ids=["fresh", "keep-alive"])
 @pytest.mark.parametrize("fast_lane", [True, False], ids=["fast-lane", "aiohttp-path"])
-async def test_the_canary_share_holds_through_the_proxy(
+async def test_the_canary_share_holds_through_the_proxy(  # noqa: PLR0917  (fixtures)
     tmp_path: Path,
     upstream: EchoUpstream,
     other: EchoUpstream,
