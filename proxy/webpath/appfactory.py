@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import pkgutil
-import sys
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
