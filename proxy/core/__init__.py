@@ -5,7 +5,7 @@ chosen; `Proxy` (`proxy.core.state`) the per-process state and the one place
 a finished request is recorded.
 """
 
-from proxy.core.answers import ErrorResponse, error_response
+from proxy.core.answers import REFUSED_METHODS, error_body
 from proxy.core.decision import Decision, decide, match_request
 from proxy.core.headers import ForwardingPolicy
 from proxy.core.request_ids import request_id_from
@@ -14,12 +14,12 @@ from proxy.core.state import CLIENT_CLOSED, PROXY, Proxy
 __all__ = [
     "CLIENT_CLOSED",
     "PROXY",
+    "REFUSED_METHODS",
     "Decision",
-    "ErrorResponse",
     "ForwardingPolicy",
     "Proxy",
     "decide",
-    "error_response",
+    "error_body",
     "match_request",
     "request_id_from",
 ]

@@ -103,7 +103,7 @@ def frame(chunk: bytes, *, last: bool) -> bytes:
 
 
 def error_answer(status: int, error: str, request_id: str) -> bytes:
-    """The bytes of the proxy's own JSON error answer (`proxy.webpath.relay.ErrorResponse`)."""
+    """The bytes of the proxy's own JSON error answer (`proxy.webpath.responses.ErrorResponse`)."""
     body = error_body(error, request_id)
     return (
         b"%bX-Request-ID: %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %b\r\n\r\n%b"

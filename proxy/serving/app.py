@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from proxy.core.answers import error_response
 from proxy.core.headers import ForwardingPolicy, request_id_from
 from proxy.core.state import PROXY, Proxy
 from proxy.errors import AppFactoryError
@@ -32,6 +31,7 @@ from proxy.upstream.pools import UpstreamPools
 from proxy.webpath.appfactory import build_new_app
 from proxy.webpath.dispatch import WebPath
 from proxy.webpath.inprocess import InProcessApp
+from proxy.webpath.responses import error_response
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable

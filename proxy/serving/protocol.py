@@ -27,10 +27,10 @@ from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError
 from aiohttp.http_parser import HttpRequestParserPy
 from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestPayloadError
 
-from proxy.core.answers import error_response
 from proxy.core.headers import request_id_from
 from proxy.core.state import PROXY
 from proxy.fastlane.lane import FastLane, LaneHost
+from proxy.webpath.responses import error_response
 
 if TYPE_CHECKING:
     from aiohttp.http import RawRequestMessage

@@ -19,13 +19,20 @@ from typing import TYPE_CHECKING, Final
 
 from yarl import URL
 
-from proxy.core.answers import ErrorResponse, error_response, refusal
 from proxy.core.decision import decide, match_request, take_decision
 from proxy.core.headers import request_id_from, upstream_request_headers
 from proxy.core.state import CLIENT_CLOSED
 from proxy.routing.model import NEW, Upstream
 from proxy.upstream.limits import route_timeout
-from proxy.webpath.relay import PassThroughResponse, forward
+from proxy.webpath.relay import forward
+from proxy.webpath.responses import (
+    BodyCounter,
+    ErrorResponse,
+    PassThroughResponse,
+    count_body,
+    error_response,
+    refusal,
+)
 from proxy.webpath.websocket import is_websocket_upgrade, relay_websocket
 
 if TYPE_CHECKING:
@@ -54,26 +61,13 @@ class _Call:
     target_bytes: str
     start: float
     # Counts the body bytes of an answer the proxy does not relay itself.
-    sent: _BodyCounter | None = None
+    sent: BodyCounter | None = None
     aborted: str | None = None
 
     def count_body(self) -> None:
         """Count the body bytes aiohttp writes for this request from now on."""
         if self.sent is None:
-            self.sent = _BodyCounter()
-            self.request.writer.on_body_write = self.sent
-
-
-class _BodyCounter:
-    """`AbstractStreamWriter.on_body_write` callback: body bytes, headers and framing excluded."""
-
-    __slots__ = ("bytes",)
-
-    def __init__(self) -> None:
-        self.bytes = 0
-
-    def __call__(self, size: int, _output_size: int) -> None:
-        self.bytes += size
+            self.sent = count_body(self.request)
 
 
 class WebPath:

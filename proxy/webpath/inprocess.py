@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
-from proxy.core.answers import error_response
+from proxy.webpath.responses import error_response
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -14,51 +14,21 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from proxy.core.answers import failure_response
 from proxy.core.headers import response_headers, upstream_request_head
 from proxy.upstream.failures import UPSTREAM_FAILURES
+from proxy.webpath.responses import PassThroughResponse, failure_response
 
 if TYPE_CHECKING:
     import aiohttp
+    from aiohttp import web
     from aiohttp.streams import StreamReader
 
     from proxy.core.headers import ForwardingPolicy
     from proxy.upstream.pools import UpstreamPool
 
-__all__ = ["PassThroughResponse", "forward"]
+__all__ = ["forward"]
 
 logger = logging.getLogger(__name__)
-
-
-class PassThroughResponse(web.StreamResponse):
-    """An upstream's answer on its way to the client.
-
-    Headers are held back until the first body bytes (one write for small
-    answers) or until the proxy would have to wait for the upstream.
-    """
-
-    _send_headers_immediately = False
-
-    def __init__(self, *, status: int, reason: str | None, headers: object) -> None:
-        super().__init__(status=status, reason=reason, headers=headers)  # type: ignore[arg-type]
-        self.upstream_server = "Server" in self.headers
-        self.upstream_content_type = "Content-Type" in self.headers
-        self.body_bytes = 0
-        # Why the client connection was cut mid-body, if it was.
-        self.aborted: str | None = None
-
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        # Undo what aiohttp's server adds: `Server` always, `Content-Type:
-        # application/octet-stream` when a body has none; the upstream's answer
-        # reaches the client as sent. Here rather than in an on_response_prepare
-        # hook: with no hook, aiohttp skips the signal (an await) per answer.
-        if not self.upstream_server:
-            self.headers.popall("Server", None)
-        if not self.upstream_content_type:
-            self.headers.popall("Content-Type", None)
 
 
 async def forward(

@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any, Final
 import aiohttp
 from aiohttp import WSCloseCode, hdrs, web
 
-from proxy.core.answers import error_response
 from proxy.core.headers import response_headers
 from proxy.upstream.handshake import UpstreamRefusal
-from proxy.webpath.relay import PassThroughResponse
+from proxy.webpath.responses import PassThroughResponse, error_response
 from proxy.webpath.ws_relay import CLOSE_TIMEOUT, Relay
 
 if TYPE_CHECKING:

@@ -1,0 +1,121 @@
+"""The proxy's responses on aiohttp's web path, and every aiohttp response internal it uses.
+
+aiohttp's `StreamResponse` has no public hook for the two things a proxy
+needs, so both response classes here override its private
+`_prepare_headers` (to drop the `Server` and `Content-Type` aiohttp adds) and
+`PassThroughResponse` sets `_send_headers_immediately`; `BodyCounter` is an
+`AbstractStreamWriter.on_body_write` callback. tests/test_dependency_internals.py
+checks that aiohttp still has them (docs/dependency-internals.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from proxy.core.answers import REFUSED_METHODS, error_body
+from proxy.upstream.failures import upstream_failure
+
+if TYPE_CHECKING:
+    from proxy.core.headers import ForwardingPolicy
+
+__all__ = [
+    "BodyCounter",
+    "ErrorResponse",
+    "PassThroughResponse",
+    "count_body",
+    "error_response",
+    "failure_response",
+    "refusal",
+]
+
+
+class PassThroughResponse(web.StreamResponse):
+    """An upstream's answer on its way to the client.
+
+    Headers are held back until the first body bytes (one write for small
+    answers) or until the proxy would have to wait for the upstream.
+    """
+
+    _send_headers_immediately = False
+
+    def __init__(self, *, status: int, reason: str | None, headers: object) -> None:
+        super().__init__(status=status, reason=reason, headers=headers)  # type: ignore[arg-type]
+        self.upstream_server = "Server" in self.headers
+        self.upstream_content_type = "Content-Type" in self.headers
+        self.body_bytes = 0
+        # Why the client connection was cut mid-body, if it was.
+        self.aborted: str | None = None
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        # Undo what aiohttp's server adds: `Server` always, `Content-Type:
+        # application/octet-stream` when a body has none; the upstream's answer
+        # reaches the client as sent. Here rather than in an on_response_prepare
+        # hook: with no hook, aiohttp skips the signal (an await) per answer.
+        if not self.upstream_server:
+            self.headers.popall("Server", None)
+        if not self.upstream_content_type:
+            self.headers.popall("Content-Type", None)
+
+
+class ErrorResponse(web.Response):
+    """A failure answered by the proxy itself; `kind` names it for metrics and logs."""
+
+    def __init__(self, *, status: int, error: str, request_id: str, kind: str) -> None:
+        body = error_body(error, request_id)
+        super().__init__(
+            status=status,
+            body=body,
+            content_type="application/json",
+            headers={"X-Request-ID": request_id},
+        )
+        self.kind = kind
+        self.body_size = len(body)
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        # The proxy's own answer: aiohttp's `Server` would name the proxy's
+        # software. Here rather than in on_response_prepare: the answer to a
+        # malformed request (proxy.serving.protocol) is never routed, so no app hook runs.
+        self.headers.popall("Server", None)
+
+
+def error_response(status: int, error: str, *, request_id: str, kind: str) -> ErrorResponse:
+    """A JSON error `{"error", "request_id"}` the proxy answers itself."""
+    return ErrorResponse(status=status, error=error, request_id=request_id, kind=kind)
+
+
+def failure_response(exc: BaseException, *, request_id: str, upstream: str) -> ErrorResponse:
+    """The answer to an upstream failure before any response byte was sent: 504 or 502."""
+    status, error, kind = upstream_failure(exc, request_id=request_id, upstream=upstream)
+    return error_response(status, error, request_id=request_id, kind=kind)
+
+
+def refusal(request: web.Request, policy: ForwardingPolicy, request_id: str) -> web.Response | None:
+    """The answer to a request the proxy will not pass on, or None."""
+    if request.method in REFUSED_METHODS:
+        return error_response(405, "method not allowed", request_id=request_id, kind="method")
+    if "Via" in request.headers and policy.is_loop(request.headers):
+        return error_response(508, "loop detected", request_id=request_id, kind="loop")
+    return None
+
+
+class BodyCounter:
+    """`AbstractStreamWriter.on_body_write` callback: body bytes, headers and framing excluded."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def __call__(self, size: int, _output_size: int) -> None:
+        self.bytes += size
+
+
+def count_body(request: web.BaseRequest) -> BodyCounter:
+    """Count the body bytes aiohttp writes for `request` from now on."""
+    counter = BodyCounter()
+    request.writer.on_body_write = counter
+    return counter
