@@ -12,6 +12,20 @@ per function).
 
 Knobs: BENCH_DURATION (seconds per wrk cell, 3), BENCH_ROUNDS (3),
 BENCH_PROFILE=0 to skip py-spy.
+
+BENCH_BASELINE=<another checkout of this repository> (e.g. one made with
+`git worktree add /tmp/bench-base COMMIT`) adds a before/after pair: the
+checkout's own `proxy` package is started as two more targets, "baseline"
+(fast lane) and "baseline-aiohttp-path" (`--no-fast-lane`), with this venv's
+Python as `python -m proxy run ...`, `PYTHONPATH=<checkout>` and the checkout
+as working directory (bench/_baseline.py checks that every `proxy` module it
+imports is the checkout's). They are measured in every round with the others
+(throughput, latency at 1 connection, CPU per request, and callgrind
+instructions per request when valgrind is there), and a second section of
+RESULTS.md, "proxy before/after (BASELINE -> CURRENT)", gives current/baseline
+per cell: the median of the per-round ratios and their range across rounds
+(the noise figure), besides each side's ratio to nginx. Unset, the run is the
+same as before.
 """
 
 from __future__ import annotations
@@ -31,8 +45,9 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from bench import _instructions
+from bench import _baseline, _instructions
 from bench._results import markdown_table, record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +58,13 @@ PROFILE = os.environ.get("BENCH_PROFILE", "1") != "0"
 SIZES = {"small": "/small", "1MiB": "/big"}
 CONNECTIONS = (32, 128)
 # "aiohttp-path" is club-proxy with --no-fast-lane: what the fast lane buys.
-TARGETS = ("direct", "nginx", "club-proxy", "aiohttp-path")
+CURRENT = ("club-proxy", "aiohttp-path")
+# The same two from the BENCH_BASELINE checkout, in the same order.
+BASELINE = ("baseline", "baseline-aiohttp-path")
+CHECKOUT = _baseline.from_environment()
+TARGETS = ("direct", "nginx", *CURRENT, *(BASELINE if CHECKOUT else ()))
 GIB = 1024**3
+K = TypeVar("K")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,21 +178,32 @@ def make_files(tmp: Path) -> None:
 
 
 def club_proxy_command(
-    tmp: Path, port: int, *, upstream: int, extra: tuple[str, ...] = ()
+    tmp: Path,
+    port: int,
+    *,
+    upstream: int,
+    extra: tuple[str, ...] = (),
+    checkout: _baseline.Checkout | None = None,
 ) -> list[str]:
+    """`club-proxy run ...`, or the same through `python -m proxy` for the baseline checkout."""
     routes = tmp / "routes.yaml"
     routes.write_text(ROUTES.format(upstream=upstream))
-    exe = Path(sys.executable).with_name("club-proxy")
-    cmd = [str(exe), "run", "--routes", str(routes), "--host", "127.0.0.1", "--port", str(port)]
+    exe = [str(Path(sys.executable).with_name("club-proxy"))]
+    cmd = [*(checkout.command() if checkout else exe), "run", "--routes", str(routes)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
     return [*cmd, "--admin-port", "0", "--workers", "1", "--log-level", "WARNING", *extra]
 
 
-def start_club_proxy(tmp: Path, port: int, upstream: int, *extra: str) -> subprocess.Popen[bytes]:
+def start_club_proxy(
+    tmp: Path, port: int, upstream: int, *extra: str, checkout: _baseline.Checkout | None = None
+) -> subprocess.Popen[bytes]:
     # Access log left ON (the default), written to /dev/null: its cost is real.
     return subprocess.Popen(
-        club_proxy_command(tmp, port, upstream=upstream, extra=extra),
+        club_proxy_command(tmp, port, upstream=upstream, extra=extra, checkout=checkout),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=checkout.env() if checkout else None,
+        cwd=checkout.root if checkout else None,
     )
 
 
@@ -218,7 +249,8 @@ def rotated(items: tuple[str, ...], by: int) -> tuple[str, ...]:
     return items[by:] + items[:by]
 
 
-def throughput(ports: dict[str, int]) -> dict[tuple[str, int, str], Cell]:
+def throughput(ports: dict[str, int]) -> dict[tuple[str, int, str], list[Cell]]:
+    """Every round's cell per (size, connections, target), in round order."""
     runs: dict[tuple[str, int, str], list[Cell]] = collections.defaultdict(list)
     for rnd in range(ROUNDS):
         for size, path in SIZES.items():
@@ -227,15 +259,20 @@ def throughput(ports: dict[str, int]) -> dict[tuple[str, int, str], Cell]:
                     cell = wrk(f"http://127.0.0.1:{ports[target]}{path}", conns)
                     runs[size, conns, target].append(cell)
                     print(f"  round {rnd} {size} c={conns} {target}: {cell}", flush=True)
-    return {key: median_cell(cells) for key, cells in runs.items()}
+    return runs
 
 
-def latency_one_connection(ports: dict[str, int]) -> dict[str, Cell]:
+def latency_one_connection(ports: dict[str, int]) -> dict[str, list[Cell]]:
+    """Every round's cell per target, in round order."""
     runs: dict[str, list[Cell]] = collections.defaultdict(list)
     for rnd in range(ROUNDS):
         for target in rotated(TARGETS, rnd):
             runs[target].append(wrk(f"http://127.0.0.1:{ports[target]}/small", 1, LATENCY_DURATION))
-    return {target: median_cell(cells) for target, cells in runs.items()}
+    return runs
+
+
+def medians(runs: dict[K, list[Cell]]) -> dict[K, Cell]:
+    return {key: median_cell(cells) for key, cells in runs.items()}
 
 
 # --- memory ---------------------------------------------------------------------
@@ -397,7 +434,7 @@ def throughput_tables(cells: dict[tuple[str, int, str], Cell]) -> str:
     rows, lat_rows = [], []
     for size in SIZES:
         for conns in CONNECTIONS:
-            d, n, p, a = (cells[size, conns, t] for t in TARGETS)
+            d, n, p, a = (cells[size, conns, t] for t in ("direct", "nginx", *CURRENT))
             rows.append(
                 [
                     size,
@@ -445,17 +482,22 @@ def throughput_tables(cells: dict[tuple[str, int, str], Cell]) -> str:
     return markdown_table(head, rows) + "\n\n" + markdown_table(lat_head, lat_rows)
 
 
-def main() -> None:
+def skip_reason() -> str | None:
+    """Why the bench cannot run here, or None."""
     missing = [tool for tool in ("nginx", "wrk", "curl") if shutil.which(tool) is None]
-    spy = Path(sys.executable).with_name("py-spy")
     if missing:
-        print(
-            f"bench_proxy: SKIPPED, missing {', '.join(missing)} (apt-get install -y nginx wrk curl)"
-        )
-        return
+        return f"missing {', '.join(missing)} (apt-get install -y nginx wrk curl)"
     if not Path(sys.executable).with_name("club-proxy").exists():
-        print("bench_proxy: SKIPPED, .venv/bin/club-proxy missing (pip install -e .)")
+        return ".venv/bin/club-proxy missing (pip install -e .)"
+    return None
+
+
+def main() -> None:
+    spy = Path(sys.executable).with_name("py-spy")
+    if reason := skip_reason():
+        print(f"bench_proxy: SKIPPED, {reason}")
         return
+    commits = baseline_commits()
     with (
         tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp_name,
         contextlib.ExitStack() as stack,
@@ -464,49 +506,31 @@ def main() -> None:
         tmp.chmod(0o755)  # nginx workers may run as another user
         make_files(tmp)
         ports = {t: free_port() for t in TARGETS}
-        procs = [
-            start_nginx(tmp, "upstream", UPSTREAM_SERVER.format(port=ports["direct"], tmp=tmp)),
-            start_nginx(
-                tmp, "proxy", PROXY_SERVER.format(port=ports["nginx"], upstream=ports["direct"])
-            ),
-            start_club_proxy(tmp, ports["club-proxy"], ports["direct"]),
-            start_club_proxy(tmp, ports["aiohttp-path"], ports["direct"], "--no-fast-lane"),
-        ]
-        for proc in procs:
+        procs = start_servers(tmp, ports)
+        for proc in procs.values():
             stack.callback(_stop, proc)
         for target in TARGETS:
             wait_http(f"http://127.0.0.1:{ports[target]}/small")
-        club = procs[2].pid
+        club = procs["club-proxy"].pid
+        if CHECKOUT is not None:
+            CHECKOUT.verify_running(procs["baseline"].pid)
+            CHECKOUT.verify_running(procs["baseline-aiohttp-path"].pid)
         for target in TARGETS:  # warm-up: pools, caches, JIT-free but allocator-warm
             wrk(f"http://127.0.0.1:{ports[target]}/small", 32, duration=1)
         print(f"throughput: {ROUNDS} rounds x {DURATION}s per cell", flush=True)
-        cells = throughput(ports)
+        cell_runs = throughput(ports)
         print("latency at 1 connection", flush=True)
-        one = latency_one_connection(ports)
+        one_runs = latency_one_connection(ports)
         print("memory while streaming 1 GiB", flush=True)
         mem_rows = memory(club, ports["club-proxy"])
         print("CPU per request", flush=True)
-        cpu = {
-            target: statistics.median(
-                cpu_per_request(procs[index].pid, f"http://127.0.0.1:{ports[target]}/small")
-                for _ in range(ROUNDS)
-            )
-            for index, target in ((2, "club-proxy"), (3, "aiohttp-path"))
-        }
+        cpu_runs = cpu_rounds({t: procs[t].pid for t in TARGETS[2:]}, ports)
+        cpu = {target: statistics.median(values) for target, values in cpu_runs.items()}
         split = perf_split(club, f"http://127.0.0.1:{ports['club-proxy']}/small")
         instructions = None
         if _instructions.available():
             print("instructions per request (callgrind)", flush=True)
-            instructions = {
-                target: _instructions.instructions_per_request(
-                    functools.partial(
-                        club_proxy_command, tmp, upstream=ports["direct"], extra=extra
-                    ),
-                    "/small",
-                    tmp,
-                )
-                for target, extra in (("club-proxy", ()), ("aiohttp-path", ("--no-fast-lane",)))
-            }
+            instructions = instruction_counts(tmp, ports["direct"])
         prof = None
         if PROFILE and spy.exists():
             print("profile (py-spy)", flush=True)
@@ -514,6 +538,7 @@ def main() -> None:
                 profile(club, f"http://127.0.0.1:{ports['club-proxy']}/small"),
                 profile(club, f"http://127.0.0.1:{ports['club-proxy']}/big"),
             )
+    cells, one = medians(cell_runs), medians(one_runs)
     record(
         "proxy",
         report(
@@ -527,6 +552,77 @@ def main() -> None:
             instructions=instructions,
         ),
     )
+    if commits is not None:
+        if _baseline.proxy_changed_since(ROOT, commits[1]):
+            print(f"WARNING: {ROOT}/proxy differs from {commits[1]} now", flush=True)
+        record(
+            f"proxy before/after ({commits[0]} -> {commits[1]})",
+            before_after(cell_runs, one_runs, cpu_runs, instructions, commits),
+        )
+
+
+def baseline_commits() -> tuple[str, str] | None:
+    """(baseline, current) commits after checking the baseline's imports; None without one."""
+    if CHECKOUT is None:
+        return None
+    CHECKOUT.verify()
+    commits = (CHECKOUT.commit(), _baseline.commit_of(ROOT))
+    print(f"before/after: baseline {commits[0]} ({CHECKOUT.root}), current {commits[1]}")
+    return commits
+
+
+def start_servers(tmp: Path, ports: dict[str, int]) -> dict[str, subprocess.Popen[bytes]]:
+    """Every target's server: the upstream ("direct"), the nginx proxy, the club-proxy ones."""
+    procs = {
+        "direct": start_nginx(
+            tmp, "upstream", UPSTREAM_SERVER.format(port=ports["direct"], tmp=tmp)
+        ),
+        "nginx": start_nginx(
+            tmp, "proxy", PROXY_SERVER.format(port=ports["nginx"], upstream=ports["direct"])
+        ),
+    }
+    for target, extra, checkout in club_servers():
+        procs[target] = start_club_proxy(
+            tmp, ports[target], ports["direct"], *extra, checkout=checkout
+        )
+    return procs
+
+
+def club_servers() -> list[tuple[str, tuple[str, ...], _baseline.Checkout | None]]:
+    """(target, extra arguments, checkout or None for this one) per club-proxy server."""
+    lanes: tuple[tuple[str, ...], ...] = ((), ("--no-fast-lane",))
+    servers: list[tuple[str, tuple[str, ...], _baseline.Checkout | None]] = [
+        (target, extra, None) for target, extra in zip(CURRENT, lanes, strict=True)
+    ]
+    if CHECKOUT is not None:
+        servers += [
+            (target, extra, CHECKOUT) for target, extra in zip(BASELINE, lanes, strict=True)
+        ]
+    return servers
+
+
+def cpu_rounds(pids: dict[str, int], ports: dict[str, int]) -> dict[str, list[float]]:
+    """CPU us per request of each club-proxy server, one sample per round, targets interleaved."""
+    runs: dict[str, list[float]] = collections.defaultdict(list)
+    for _ in range(ROUNDS):
+        for target, pid in pids.items():
+            runs[target].append(cpu_per_request(pid, f"http://127.0.0.1:{ports[target]}/small"))
+            print(f"  {target}: {runs[target][-1]:.1f} us per request", flush=True)
+    return runs
+
+
+def instruction_counts(tmp: Path, upstream: int) -> dict[str, float]:
+    """Callgrind instructions per 200 B request for each club-proxy target (baseline's too)."""
+    counts = {}
+    for target, extra, checkout in club_servers():
+        command = functools.partial(
+            club_proxy_command, tmp, upstream=upstream, extra=extra, checkout=checkout
+        )
+        # _instructions starts valgrind without env/cwd: the baseline's are set around it.
+        with checkout.inherited() if checkout else contextlib.nullcontext():
+            counts[target] = _instructions.instructions_per_request(command, "/small", tmp)
+        print(f"  {target}: {counts[target]:,.0f} instructions per request", flush=True)
+    return counts
 
 
 def report(
@@ -540,7 +636,7 @@ def report(
     split: list[list[str]] | None,
     instructions: dict[str, float] | None,
 ) -> str:
-    d, n, p, a = (one[t] for t in TARGETS)
+    d, n, p, a = (one[t] for t in ("direct", "nginx", *CURRENT))
     parts = [
         (
             f"wrk on loopback, 2 threads, {ROUNDS} interleaved rounds of {DURATION} s per cell (order rotating), median. "
@@ -548,7 +644,8 @@ def report(
             "nginx proxy: 1 worker, `keepalive 256` upstream pool, HTTP/1.1 upstream, no disk buffering. "
             "club-proxy: `club-proxy run --workers 1` (uvloop), 5 routes, access log on (to /dev/null), metrics on. "
             "aiohttp path: the same with `--no-fast-lane` (every request through aiohttp's web layer). "
-            "All four servers and wrk share the machine's cores."
+            f"All {len(TARGETS)} servers and wrk share the machine's cores"
+            + (" (two of them the baseline's, see the before/after section)." if CHECKOUT else ".")
         ),
         "### Throughput (goal: >= 0.5x nginx small, >= 0.8x nginx 1 MiB)",
         throughput_tables(cells),
@@ -613,6 +710,141 @@ def report(
     return "\n\n".join(parts)
 
 
+def paired(current: list[float], baseline: list[float]) -> str:
+    """Median of the per-round ratios current/baseline, with their range over the rounds."""
+    ratios = [c / b for c, b in zip(current, baseline, strict=True) if b]
+    if not ratios:
+        return "-"
+    return f"**{statistics.median(ratios):.3f}x** ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def spread(values: list[float]) -> str:
+    """Round-to-round spread of one side: (max - min) / median."""
+    mid = statistics.median(values)
+    return f"{(max(values) - min(values)) / mid:.0%}" if mid else "-"
+
+
+def before_after(
+    cell_runs: dict[tuple[str, int, str], list[Cell]],
+    one_runs: dict[str, list[Cell]],
+    cpu_runs: dict[str, list[float]],
+    instructions: dict[str, float] | None,
+    commits: tuple[str, str],
+) -> str:
+    """The BENCH_BASELINE section: current / baseline per cell, from the same interleaved rounds."""
+    assert CHECKOUT is not None
+    pairs = (
+        ("fast lane", *CURRENT[:1], *BASELINE[:1]),
+        ("aiohttp path", *CURRENT[1:], *BASELINE[1:]),
+    )
+    cells = medians(cell_runs)
+    rows = []
+    for size in SIZES:
+        for conns in CONNECTIONS:
+            nginx = cells[size, conns, "nginx"].rps
+            for label, cur, base in pairs:
+                cur_rps = [c.rps for c in cell_runs[size, conns, cur]]
+                base_rps = [c.rps for c in cell_runs[size, conns, base]]
+                rows.append(
+                    [
+                        size,
+                        str(conns),
+                        label,
+                        f"{cells[size, conns, base].rps:,.0f}",
+                        f"{cells[size, conns, cur].rps:,.0f}",
+                        paired(cur_rps, base_rps),
+                        f"{spread(base_rps)} / {spread(cur_rps)}",
+                        ratio(cells[size, conns, base].rps, nginx),
+                        ratio(cells[size, conns, cur].rps, nginx),
+                        f"{cells[size, conns, base].errors}/{cells[size, conns, cur].errors}",
+                    ]
+                )
+    one = medians(one_runs)
+    lat_rows = [
+        [
+            label,
+            f"{one[base].p50_ms:.3f}",
+            f"{one[cur].p50_ms:.3f}",
+            paired([c.p50_ms for c in one_runs[cur]], [c.p50_ms for c in one_runs[base]]),
+            f"{one[base].p99_ms:.3f} / {one[cur].p99_ms:.3f}",
+        ]
+        for label, cur, base in pairs
+    ]
+    cpu_rows = [
+        [
+            label,
+            f"{statistics.median(cpu_runs[base]):.1f}",
+            f"{statistics.median(cpu_runs[cur]):.1f}",
+            paired(cpu_runs[cur], cpu_runs[base]),
+        ]
+        for label, cur, base in pairs
+    ]
+    parts = [
+        (
+            f"Baseline: `{CHECKOUT.root}` at {commits[0]}, started as `python -m proxy run ...` "
+            f"with `PYTHONPATH` and the working directory set to the checkout (every `proxy` module "
+            f"it imports is the checkout's, checked before the run). Current: `{ROOT}` at "
+            f"{commits[1]}, `club-proxy run ...`. Same venv, flags, routes and upstream, measured "
+            f"in the same run as the proxy section: {ROUNDS} rounds of {DURATION} s per cell, all "
+            f"{len(TARGETS)} targets in every round, order rotating per round. current / baseline "
+            "is the median of the per-round ratios (both sides measured within the same round, "
+            "seconds apart), in brackets their lowest and highest over the rounds; spread is "
+            "(max - min) / median of one side's req/s over the rounds. Both are the noise figure."
+        ),
+        "### Throughput, current vs baseline",
+        markdown_table(
+            [
+                "response",
+                "conns",
+                "path",
+                "baseline req/s",
+                "current req/s",
+                "current / baseline (range)",
+                "spread baseline / current",
+                "baseline / nginx",
+                "current / nginx",
+                "errors baseline/current",
+            ],
+            rows,
+        ),
+        "### Latency at 1 connection, 200 B",
+        markdown_table(
+            [
+                "path",
+                "baseline p50 ms",
+                "current p50 ms",
+                "current / baseline (range)",
+                "p99 ms baseline / current",
+            ],
+            lat_rows,
+        ),
+        "### CPU per proxied 200 B request (wrk -c32, /proc utime+stime, median, interleaved)",
+        markdown_table(
+            ["path", "baseline us", "current us", "current / baseline (range)"], cpu_rows
+        ),
+    ]
+    if instructions is not None:
+        parts.append(
+            "### CPU instructions per proxied 200 B request (valgrind callgrind, user space)"
+        )
+        parts.append(
+            markdown_table(
+                ["path", "baseline", "current", "current / baseline", "difference"],
+                [
+                    [
+                        label,
+                        f"{instructions[base]:,.0f}",
+                        f"{instructions[cur]:,.0f}",
+                        f"**{instructions[cur] / instructions[base]:.3f}x**",
+                        f"{instructions[cur] - instructions[base]:+,.0f}",
+                    ]
+                    for label, cur, base in pairs
+                ],
+            )
+        )
+    return "\n\n".join(parts)
+
+
 def _against_aiohttp_path(what: str, values: dict[str, float], fmt: str) -> str:
     """A two-row table: the fast lane and `--no-fast-lane`, with their ratio."""
     lane, classic = values["club-proxy"], values["aiohttp-path"]
@@ -628,8 +860,8 @@ def _against_aiohttp_path(what: str, values: dict[str, float], fmt: str) -> str:
 NOTES = """### Reading it
 
 - Errors are wrk's: non-2xx answers plus socket errors (mostly its 2 s timeout at 128 connections).
-- club-proxy serves every client connection in the fast lane (`proxy/_fastlane.py`,
-  `proxy/_lanecall.py`; docs/proxy.md, "The fast lane"): bodiless keep-alive requests to
+- club-proxy serves every client connection in the fast lane (`proxy/fastlane/lane.py`,
+  `proxy/fastlane/call.py`; docs/proxy.md, "The fast lane"): bodiless keep-alive requests to
   an HTTP upstream are parsed with aiohttp's C parser and relayed below aiohttp's web
   layer, and a small answer is relayed inside two callbacks (no task) on an idle pooled
   connection. The aiohttp-path column is the same binary with `--no-fast-lane`: the
@@ -642,7 +874,7 @@ NOTES = """### Reading it
   interpreter, and the C extensions (llhttp, uvloop, multidict). The interpreter's half is
   spread over about 50 Python functions and 110 calls per request (cProfile count):
   aiohttp's request parser (a header multidict, a yarl URL), the route match, the
-  upstream head, the plain-answer check (`proxy/_plainanswer.py`: a plain answer skips
+  upstream head, the plain-answer check (`proxy/fastlane/plainanswer.py`: a plain answer skips
   aiohttp's response parser, multidict and StreamReader), the pool and its timer,
   metrics and the access line; no single function is more than a few per cent. py-spy's
   blocking sampling attributes the kernel time to the Python frame that made the syscall,

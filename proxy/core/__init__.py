@@ -6,7 +6,7 @@ a finished request is recorded.
 """
 
 from proxy.core.answers import REFUSED_METHODS, error_body
-from proxy.core.decision import Decision, decide, match_request
+from proxy.core.decision import Decision, decide
 from proxy.core.headers import ForwardingPolicy
 from proxy.core.request_ids import request_id_from
 from proxy.core.state import CLIENT_CLOSED, PROXY, Proxy
@@ -20,6 +20,5 @@ __all__ = [
     "Proxy",
     "decide",
     "error_body",
-    "match_request",
     "request_id_from",
 ]

@@ -1,13 +1,13 @@
 """Where a request goes: the one target choice of both request paths.
 
-`decide` matches the request against the route table it was given and, for a
-canary route, draws (or reads the sticky bucket) once. Its `Decision` names the
-table, the route and the chosen target, and stays with the request to its
-end: when the fast lane hands a request it has decided over to aiohttp's path
-(a `to: new` target is answered there), the decision travels with it
-(`proxy.serving.protocol.ProxyRequestHandler.hand_decision`) and the aiohttp
-path uses it instead of deciding again. A second draw would send a canary
-route's requests to the canary with the weight squared.
+`decide` takes the route a request matched on the table it read once and,
+for a canary route, draws (or reads the sticky bucket) once. Its `Decision`
+names the table, the route and the chosen target, and stays with the request
+to its end: when the fast lane hands a request it has decided over to
+aiohttp's path (a `to: new` target is answered there), the decision travels
+with it (`proxy.serving.protocol.ProxyRequestHandler.pending_decision`) and
+the aiohttp path uses it instead of deciding again. A second draw would send
+a canary route's requests to the canary with the weight squared.
 
 The shadow decision (whether a copy goes to the other side) will be made
 here too, for the same reason.
@@ -15,7 +15,7 @@ here too, for the same reason.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from proxy.routing.canary import choose_target
 
@@ -25,13 +25,7 @@ if TYPE_CHECKING:
     from proxy.routing.model import Route, RouteMatch
     from proxy.routing.table import RouteTable
 
-__all__ = [
-    "Decision",
-    "PendingDecision",
-    "decide",
-    "match_request",
-    "take_decision",
-]
+__all__ = ["CookieSource", "Decision", "PendingDecision", "decide", "take_decision"]
 
 
 class Decision(NamedTuple):
@@ -42,26 +36,33 @@ class Decision(NamedTuple):
     target: str
 
 
-def match_request(table: RouteTable, method: str, raw_target: str) -> RouteMatch:
-    """The route `raw_target` (origin-form, query and all) matches on `table`."""
-    return table.match(method, raw_target.partition("?")[0])
+class CookieSource(Protocol):
+    """Where `decide` reads a request's cookies, only for a cookie-sticky canary."""
+
+    @property
+    def cookies(self) -> Mapping[str, str]:
+        """The request's cookies by name (aiohttp's `Request.cookies`)."""
+        ...
+
+
+# A Decision without NamedTuple's Python-level __new__: this runs per request.
+_new_decision: Final = tuple.__new__
 
 
 def decide(
-    table: RouteTable,
-    match: RouteMatch,
-    headers: Mapping[str, str],
-    cookies: Mapping[str, str],
+    table: RouteTable, match: RouteMatch, headers: Mapping[str, str], cookies: CookieSource
 ) -> Decision:
     """The request's target: the route's `to`, or its canary's, drawn once.
 
-    `headers` must look names up case-insensitively; `cookies` are the
-    request's cookies (only read by a cookie-sticky canary).
+    `match` is `table.match(method, path)`; `headers` must look names up
+    case-insensitively; `cookies.cookies` is read only by a cookie-sticky
+    canary route.
     """
     route = match.route
     if route is None or route.canary is None:
-        return Decision(table, route, match.target)
-    return Decision(table, route, choose_target(match, headers, cookies))
+        return _new_decision(Decision, (table, route, match.target))
+    target = choose_target(match, headers, cookies.cookies)
+    return _new_decision(Decision, (table, route, target))
 
 
 class PendingDecision(NamedTuple):

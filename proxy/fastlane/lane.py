@@ -41,7 +41,7 @@ from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from proxy.core.answers import REFUSED_METHODS
-from proxy.core.decision import PendingDecision, decide, match_request
+from proxy.core.decision import PendingDecision, decide
 from proxy.fastlane.call import LaneCall
 from proxy.routing.model import NEW, StickyKind
 
@@ -60,8 +60,16 @@ _READ_LIMIT: Final = 1 << 16
 _HEAD_END: Final = b"\r\n\r\n"
 # nginx's method rule (capital letters, `_`, `-`), at the start of a request.
 EXTENSION_METHOD: Final = re.compile(rb"[A-Z_-]{1,32} ")
-# The lane decides no cookie-sticky canary route (it hands those over undecided).
-_NO_COOKIES: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+class _NoCookies:
+    """The lane's cookie source: it decides no cookie-sticky canary route (hands those over)."""
+
+    __slots__ = ()
+    cookies: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+_NO_COOKIES: Final = _NoCookies()
 
 
 class LaneHost:
@@ -268,7 +276,7 @@ class FastLane(asyncio.Protocol):
         target = message.path
         proxy = self._proxy
         table = proxy.watcher.table
-        match = match_request(table, method, target)
+        match = table.match(method, target.partition("?")[0])
         route = match.route
         if route is not None and (canary := route.canary) is not None:
             sticky = canary.sticky

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from yarl import URL
 
-from proxy.core.decision import decide, match_request, take_decision
+from proxy.core.decision import decide, take_decision
 from proxy.core.headers import request_id_from, upstream_request_headers
 from proxy.core.state import CLIENT_CLOSED
 from proxy.routing.model import NEW, Upstream
@@ -92,8 +92,8 @@ class WebPath:
         decision = take_decision(request.protocol, method, target_bytes)
         if decision is None:
             table = proxy.watcher.table
-            match = match_request(table, method, target_bytes)
-            decision = decide(table, match, request.headers, request.cookies)
+            match = table.match(method, target_bytes.partition("?")[0])
+            decision = decide(table, match, request.headers, request)
         call = _Call(
             request=request,
             rid=request_id_from(request.headers.get("X-Request-ID")),
