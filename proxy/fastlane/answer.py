@@ -28,6 +28,7 @@ __all__ = ["copy_body", "error_answer", "frame", "http_date"]
 logger = logging.getLogger(__name__)
 
 _STATUS_LINES: Final = {
+    400: b"HTTP/1.1 400 Bad Request\r\n",
     502: b"HTTP/1.1 502 Bad Gateway\r\n",
     504: b"HTTP/1.1 504 Gateway Timeout\r\n",
 }
@@ -102,15 +103,19 @@ def frame(chunk: bytes, *, last: bool) -> bytes:
     return data + LAST_CHUNK if last else data
 
 
-def error_answer(status: int, error: str, request_id: str) -> bytes:
-    """The bytes of the proxy's own JSON error answer (`proxy.webpath.responses.ErrorResponse`)."""
+def error_answer(status: int, error: str, request_id: str, *, close: bool = False) -> bytes:
+    """The bytes of the proxy's own JSON error answer (`proxy.webpath.responses.ErrorResponse`).
+
+    `close`: the connection closes after it (`Connection: close`).
+    """
     body = error_body(error, request_id)
     return (
-        b"%bX-Request-ID: %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %b\r\n\r\n%b"
+        b"%bX-Request-ID: %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%bDate: %b\r\n\r\n%b"
         % (
             _STATUS_LINES[status],
             request_id.encode(),
             len(body),
+            b"Connection: close\r\n" if close else b"",
             http_date(),
             body,
         )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, cast
@@ -42,6 +43,8 @@ from aiohttp.streams import EMPTY_PAYLOAD
 
 from proxy.core.answers import REFUSED_METHODS
 from proxy.core.decision import PendingDecision, decide
+from proxy.core.request_ids import request_id_from
+from proxy.fastlane.answer import error_answer
 from proxy.fastlane.call import LaneCall
 from proxy.routing.model import NEW, StickyKind
 
@@ -52,12 +55,18 @@ if TYPE_CHECKING:
 
     from proxy.core.state import Proxy
 
-__all__ = ["FastLane", "LaneHost"]
+__all__ = ["MAX_BLANK_BYTES", "FastLane", "LaneHost"]
+
+logger = logging.getLogger(__name__)
 
 # aiohttp's StreamReader limit for the bodies the fast lane never reads (it
 # hands such requests over before reading them).
 _READ_LIMIT: Final = 1 << 16
 _HEAD_END: Final = b"\r\n\r\n"
+# Empty-line bytes (CR, LF) allowed between two requests: nginx's
+# client_header_buffer_size, 1 KiB. More is answered 400 and closed.
+MAX_BLANK_BYTES: Final = 1024
+_BLANK: Final = b"\r\n"
 # nginx's method rule (capital letters, `_`, `-`), at the start of a request.
 EXTENSION_METHOD: Final = re.compile(rb"[A-Z_-]{1,32} ")
 
@@ -122,7 +131,9 @@ class FastLane(asyncio.Protocol):
         self.scheme = "http"
         # Bytes since the last answered request: the head being read when
         # idle, or what arrived during an answer (not yet parsed).
-        self._raw = b""
+        self._raw: bytes | bytearray = b""
+        # Empty-line bytes since the last request line (`_skip_blank_lines`).
+        self._blank = 0
         self._call: LaneCall | None = None
         # Set when the lane decided a request it then hands over (`to: new`).
         self._decision: PendingDecision | None = None
@@ -224,8 +235,11 @@ class FastLane(asyncio.Protocol):
         parser = self._parser
         if parser is None:
             return  # handed over or closed already
-        raw = self._raw + data if self._raw else data
-        self._raw = raw
+        if not self._raw and data[:1] in _BLANK:
+            data = self._skip_blank_lines(data)
+            if not data:
+                return
+        raw = self._hold(data)
         try:
             messages, upgraded, _ = parser.feed_data(data)
         except (BadHttpMethod, BadStatusLine):
@@ -250,7 +264,56 @@ class FastLane(asyncio.Protocol):
         if reason is not None:
             self._hand_off(reason)
 
-    def _unknown_method(self, raw: bytes) -> bool:
+    def _hold(self, data: bytes) -> bytes | bytearray:
+        """The current request's bytes so far, `data` included."""
+        raw = self._raw
+        if not raw:
+            self._raw = data
+            return data
+        # The rest of a head that came in pieces: appended in place, never
+        # copied whole per read (the parser bounds the head's size).
+        if type(raw) is bytes:
+            raw = self._raw = bytearray(raw)
+        raw += data
+        return raw
+
+    def _skip_blank_lines(self, data: bytes) -> bytes:
+        """`data` without the empty lines before a request line; b"" once they are too many.
+
+        RFC 9112 §2.2 lets a server ignore empty lines before a request; llhttp
+        skips them too, but the lane would keep them. More than
+        `MAX_BLANK_BYTES` between two requests is answered 400 and closed.
+        """
+        stripped = data.lstrip(b"\r\n")
+        self._blank += len(data) - len(stripped)
+        if self._blank > MAX_BLANK_BYTES:
+            self._refuse("too many empty lines before a request")
+            return b""
+        if stripped:
+            self._blank = 0
+        return stripped
+
+    def _refuse(self, detail: str) -> None:
+        """Answer 400 and close: what came cannot be a request."""
+        transport = self._transport
+        if transport is None:
+            return
+        proxy = self._proxy
+        rid = request_id_from(None)
+        answer = error_answer(400, "bad request", rid, close=True)
+        logger.warning(
+            "proxy.bad_request",
+            extra={"request_id": rid, "status": 400, "peer": self.peer, "detail": detail},
+        )
+        proxy.record_rejected(
+            request_id=rid, status=400, body_bytes=len(answer) - answer.index(b"\r\n\r\n") - 4
+        )
+        self._parser = None
+        self._raw = b""
+        transport.write(answer)
+        transport.close()
+
+    def _unknown_method(self, raw: bytes | bytearray) -> bool:
         """Whether `raw` starts with a method nginx passes and llhttp does not know."""
         match = EXTENSION_METHOD.match(raw)
         if match is None:
@@ -356,7 +419,8 @@ class FastLane(asyncio.Protocol):
             transport.resume_reading()
         self._rest()
         if pending:
-            self._on_bytes(pending)
+            # bytes() copies nothing for bytes (what arrives during an answer).
+            self._on_bytes(bytes(pending))
 
     # --- connection state -------------------------------------------------------
 
@@ -409,7 +473,7 @@ class FastLane(asyncio.Protocol):
             # handler when it drains, and aiohttp expects to have been paused.
             handler.pause_writing()
         if raw:
-            handler.data_received(raw)
+            handler.data_received(bytes(raw))
 
 
 def _handoff_reason(  # noqa: PLR0911 - one reason per check
