@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,7 +19,6 @@ from tests.proxy.echo_upstream import EchoUpstream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from pathlib import Path
 
 
 TIMEOUT = 10.0
@@ -132,6 +134,30 @@ def request(
     ):
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def consecutive_free_ports(count: int) -> int:
+    """A port P with P .. P + count - 1 all free, below the kernel's ephemeral range.
+
+    For a server that binds several ports from one number (worker i's admin API
+    on admin + i): picked outside the range the kernel hands out for outgoing
+    connections, so no client socket of the test run takes one meanwhile.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        base = random.randrange(10_000, low - count)
+        sockets = [socket.socket() for _ in range(count)]
+        try:
+            for offset, sock in enumerate(sockets):
+                sock.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    msg = f"no {count} consecutive free ports found"
+    raise RuntimeError(msg)
 
 
 def legacy_routes(tmp_path: Path, upstream_url: str, **upstream_opts: str) -> Path:

@@ -17,6 +17,7 @@ import pytest
 from proxy.__main__ import main
 from proxy.serving.server import ServeConfig
 from tests.proxy.echo_upstream import EchoUpstream
+from tests.proxy.forward_support import consecutive_free_ports
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -174,8 +175,9 @@ async def test_workers_share_the_port_reload_on_sighup_and_drain_on_sigterm(
 ) -> None:
     routes = write_routes(tmp_path, upstream.url)
     port = unused_tcp_port_factory()
-    admin = unused_tcp_port_factory()
-    # Worker i serves its admin API on admin + i (admin + 1 is almost surely free too).
+    # Worker i serves its admin API on admin + i: both must be free (CI once
+    # found admin + 1 taken by another socket of the run).
+    admin = consecutive_free_ports(2)
     args = ("--port", str(port), "--admin-port", str(admin), "--workers", "2")
     async with club_proxy(routes, *args, "--drain-timeout", "10", "--no-access-log") as process:
         # Every request bounded: a hang fails here, with the proxy's log, not at
