@@ -369,6 +369,23 @@ async def _c_parser_reads_a_bodiless_request() -> None:
         raise Drift(f"raw_headers are {message.raw_headers!r}")
 
 
+async def _c_parser_declines_a_non_websocket_upgrade() -> None:
+    # DeclinedUpgradeGuard: llhttp returns an h2c request as the last message,
+    # not upgraded, flagged `upgrade`, and `_replace(should_close=True)` works.
+    loop = asyncio.get_running_loop()
+    protocol = resolve("aiohttp.base_protocol.BaseProtocol")(loop)
+    parser = resolve("aiohttp.http_parser.HttpRequestParser")(protocol, loop, 1 << 16, **LIMITS)
+    h2c = b"GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    messages, upgraded, _ = parser.feed_data(h2c + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    if upgraded or not messages:
+        raise Drift(f"an h2c request reads as upgraded={upgraded}, {len(messages)} messages")
+    message = messages[-1][0]
+    if message.path != "/h2c" or not message.upgrade:
+        raise Drift(f"the last message is {message.path!r} with upgrade={message.upgrade}")
+    if not message._replace(should_close=True).should_close:
+        raise Drift("RawRequestMessage._replace(should_close=True) does not set should_close")
+
+
 async def _c_parser_refuses_unknown_methods() -> None:
     loop = asyncio.get_running_loop()
     protocol = resolve("aiohttp.base_protocol.BaseProtocol")(loop)
@@ -798,6 +815,13 @@ CASES: Final = (
         _c_parser_reads_a_bodiless_request,
         LANE,
         LANE_CALL,
+    ),
+    # DeclinedUpgradeGuard relies on how llhttp returns a declined upgrade.
+    behaves(
+        "llhttp-declined-upgrade",
+        "aiohttp.http_parser.HttpRequestParser.feed_data",
+        _c_parser_declines_a_non_websocket_upgrade,
+        PROTOCOL,
     ),
     # FastLane._unknown_method tells an extension method by these two exceptions.
     behaves(

@@ -57,7 +57,9 @@ HOP_BY_HOP: Final = (
 )
 # The proxy answers `Expect: 100-continue` itself (aiohttp does it when the
 # route matches), so the upstream must not see it.
-_REQUEST_DROP: Final = (*HOP_BY_HOP, "Expect", "X-Request-ID")
+# HTTP2-Settings belongs to an h2c upgrade, which the proxy never performs
+# (RFC 9113 §3.2.1 calls it hop-by-hop).
+_REQUEST_DROP: Final = (*HOP_BY_HOP, "Expect", "X-Request-ID", "HTTP2-Settings")
 # Only meaningful from a proxy we trust; from anyone else they are spoofing.
 # The first four the proxy sets itself; the rest name the client's address,
 # port, scheme, path prefix or certificate for an upstream that believes them

@@ -20,11 +20,11 @@ import asyncio
 import logging
 import re
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError
-from aiohttp.http_parser import HttpRequestParserPy
+from aiohttp.http_parser import HttpParser, HttpRequestParserPy
 from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestPayloadError
 
 from proxy.core.headers import request_id_from
@@ -39,7 +39,13 @@ if TYPE_CHECKING:
     from proxy.core.decision import PendingDecision
     from proxy.core.state import Proxy
 
-__all__ = ["ExtensionMethodParser", "ProxyAppRunner", "ProxyRequestHandler", "ProxyServer"]
+__all__ = [
+    "DeclinedUpgradeGuard",
+    "ExtensionMethodParser",
+    "ProxyAppRunner",
+    "ProxyRequestHandler",
+    "ProxyServer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,44 @@ class ExtensionMethodParser(HttpRequestParserPy):
         return super().parse_message(lines)
 
 
+class DeclinedUpgradeGuard:
+    """aiohttp's C parser, made safe after an Upgrade the proxy does not perform.
+
+    llhttp pauses after a request that asks for an upgrade; for any upgrade
+    but WebSocket, aiohttp 3.14's parser resumes and returns that request but
+    silently drops the rest of the bytes it was fed (aio-libs/aiohttp#12734),
+    and parses the next read as a fresh request. A pipelined request is lost,
+    and the body of a request whose head was dropped is read as a request of
+    its own (smuggling). The guard ends the connection there: the upgrade
+    request is answered as a plain request with `Connection: close`, and
+    nothing after it is parsed. WebSocket upgrades pass untouched.
+    """
+
+    __slots__ = ("_ended", "_parser")
+
+    def __init__(self, parser: HttpParser[Any]) -> None:
+        self._parser = parser
+        self._ended = False
+
+    def feed_data(self, data: bytes) -> tuple[Any, bool, bytes]:
+        """The parser's `feed_data`; nothing once a declined upgrade was read."""
+        if self._ended:
+            return (), False, b""
+        messages, upgraded, tail = self._parser.feed_data(data)
+        if upgraded or not messages:
+            return messages, upgraded, tail
+        # The upgrade request is the last message llhttp returned.
+        message, payload = messages[-1]
+        if not message.upgrade:
+            return messages, upgraded, tail
+        self._ended = True
+        closing = (message._replace(should_close=True), payload)
+        return [*messages[:-1], closing], False, b""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+
 class ProxyRequestHandler(web.RequestHandler):
     """aiohttp's connection handler with JSON error answers and one log line each.
 
@@ -85,7 +129,10 @@ class ProxyRequestHandler(web.RequestHandler):
     ) -> None:
         super().__init__(manager, **kwargs)
         self.pending_decision: PendingDecision | None = None
-        if extension_methods:
+        if not extension_methods and self._parser is not None:
+            # Python's parser (below) declines an upgrade without losing bytes.
+            self._parser = cast("HttpParser[Any]", DeclinedUpgradeGuard(self._parser))
+        elif extension_methods:
             # The same arguments as aiohttp's own parser in RequestHandler.__init__.
             self._parser = ExtensionMethodParser(
                 self,

@@ -15,6 +15,7 @@ recording upstream (`EchoUpstream`) on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -182,3 +183,105 @@ async def test_bytes_that_are_not_a_request_do_not_keep_a_connection_open(
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
+
+
+# --- 3. an Upgrade the proxy will not perform ------------------------------------
+
+H2C_HEADERS = [
+    ("Connection", "Upgrade, HTTP2-Settings"),
+    ("Upgrade", "h2c"),
+    ("HTTP2-Settings", "AAMAAABkAAQAAP__"),
+]
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize("upgrade", ["h2c", "tcp", "TLS/1.2"])
+async def test_a_declined_upgrade_is_a_plain_request_that_ends_the_connection(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+    upgrade: str,
+) -> None:
+    client = await connect(await serve(fast_lane=fast_lane))
+    headers = [("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", upgrade)]
+    await client.send(request("GET", "/h2c", headers=[*headers, ("HTTP2-Settings", "AAMA")]))
+    response = await client.read_response()
+    assert response.status == 200
+    assert response.header("Connection") == "close"
+    assert await client.rest_until_close() == b""
+    (seen,) = upstream.received
+    assert seen.target == b"/h2c"
+    assert seen.header("Upgrade") is None
+    assert seen.header("HTTP2-Settings") is None
+
+
+@BOTH_PATHS
+async def test_a_request_pipelined_after_a_declined_upgrade_is_never_misread(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+) -> None:
+    # aiohttp's parser drops what follows an h2c request in the same read: the
+    # client got one answer and /next vanished. Now the one answer says
+    # `Connection: close` and the connection ends, so the client knows /next
+    # was not served (and may send it again), as after any closed connection.
+    client = await connect(await serve(fast_lane=fast_lane))
+    await client.send(
+        request("GET", "/h2c", headers=H2C_HEADERS) + request("GET", "/next"),
+    )
+    response = await client.read_response()
+    assert response.status == 200
+    assert response.header("Connection") == "close"
+    assert await client.rest_until_close() == b""
+    assert [r.target for r in upstream.received] == [b"/h2c"]
+
+
+@BOTH_PATHS
+async def test_a_body_sent_after_a_declined_upgrade_is_never_a_request(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+) -> None:
+    # The probe's smuggling case: the POST's head went in the h2c request's
+    # read (and was dropped), its body 300 ms later was parsed as GET /smuggled.
+    client = await connect(await serve(fast_lane=fast_lane))
+    smuggled = request("GET", "/smuggled")
+    await client.send(
+        request("GET", "/h2c", headers=H2C_HEADERS)
+        + request("POST", "/public", headers=[("Content-Length", str(len(smuggled)))])
+    )
+    response = await client.read_response()
+    await asyncio.sleep(0.3)
+    with contextlib.suppress(ConnectionError):
+        await client.send(smuggled)
+    assert response.status == 200
+    assert await client.rest_until_close() == b""
+    assert [r.target for r in upstream.received] == [b"/h2c"]
+
+
+@BOTH_PATHS
+async def test_requests_after_a_websocket_upgrade_that_failed_are_still_served(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+) -> None:
+    # WebSocket is the one upgrade the proxy performs: the guard leaves it to
+    # aiohttp. The echo upstream answers the handshake 200 (a refusal), which
+    # is relayed; the connection stays usable.
+    client = await connect(await serve(fast_lane=fast_lane))
+    ws = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    await client.send(request("GET", "/ws", headers=ws))
+    response = await client.read_response()
+    assert response.status == 200
+    await client.send(request("GET", "/after"))
+    assert (await client.read_response()).status == 200
+    assert [r.target for r in upstream.received] == [b"/ws", b"/after"]
