@@ -940,11 +940,15 @@ CASES: Final = (
         "(self, request, status=..., exc=..., message=...)",
         PROTOCOL,
     ),
-    # The slot ProxyRequestHandler adds must stay free in aiohttp's class.
+    # Overridden: the send deadline is armed while the client's socket is full.
+    overrides("handler-pause-writing", f"{HANDLER}.pause_writing", "(self)", PROTOCOL),
+    overrides("handler-resume-writing", f"{HANDLER}.resume_writing", "(self)", PROTOCOL),
+    overrides("handler-connection-lost", f"{HANDLER}.connection_lost", "(self, exc)", PROTOCOL),
+    # The slots ProxyRequestHandler adds must stay free in aiohttp's class.
     unclaimed(
         "handler-unclaimed",
         HANDLER,
-        ("pending_decision",),
+        ("pending_decision", "send_deadline", "remote_address"),
         PROTOCOL,
         build=_build_request_handler,
     ),

@@ -44,9 +44,11 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from proxy.core.answers import REFUSED_METHODS
 from proxy.core.decision import PendingDecision, decide
 from proxy.core.request_ids import request_id_from
+from proxy.core.send_deadline import SendDeadline
 from proxy.fastlane.answer import error_answer
 from proxy.fastlane.call import LaneCall
 from proxy.routing.model import NEW, StickyKind
+from proxy.upstream.limits import send_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -145,6 +147,8 @@ class FastLane(asyncio.Protocol):
         self._closing = False
         self._idle_since = 0.0
         self._keepalive: asyncio.TimerHandle | None = None
+        # Cuts a client that leaves an answer unread (nginx's send_timeout).
+        self.send_deadline = SendDeadline()
 
     # --- asyncio.Protocol -------------------------------------------------------
 
@@ -177,6 +181,7 @@ class FastLane(asyncio.Protocol):
         self._on_bytes(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:  # noqa: ARG002
+        self.send_deadline.resumed()
         self._host.lanes.discard(self)
         self._transport = None
         if self._keepalive is not None:
@@ -190,8 +195,10 @@ class FastLane(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self.send_deadline.paused(self._transport, self.peer)
 
     def resume_writing(self) -> None:
+        self.send_deadline.resumed()
         self.writing_paused = False
         self._wake_writer()
         if self._call is not None:
@@ -354,13 +361,15 @@ class FastLane(asyncio.Protocol):
         # The keep-alive timer stays armed: firing while busy it does nothing,
         # and call_done() arms it again (one timer per keep-alive period, not
         # one per request).
+        upstream = table.upstreams[decision.target]
+        self.send_deadline.seconds = send_timeout(decision.route, upstream)
         call = self._call = LaneCall(
             self,
             proxy,
             message=message,
             route=decision.route,
             target=decision.target,
-            upstream=table.upstreams[decision.target],
+            upstream=upstream,
         )
         try:
             call.begin()

@@ -139,12 +139,23 @@ def _upstream(name: str, node: Node) -> Upstream:
             "max_connections",
             "keepalive_timeout",
             "ws_max_message_size",
+            "request_buffering",
+            "client_body_timeout",
+            "send_timeout",
         ),
     )
     kwargs: dict[str, Any] = {"name": name, "url": _url(spec["url"])}
-    for key in ("connect_timeout", "read_timeout", "keepalive_timeout"):
+    for key in (
+        "connect_timeout",
+        "read_timeout",
+        "keepalive_timeout",
+        "client_body_timeout",
+        "send_timeout",
+    ):
         if key in spec:
             kwargs[key] = spec[key].duration()
+    if "request_buffering" in spec:
+        kwargs["request_buffering"] = _buffering(spec["request_buffering"])
     if "max_connections" in spec:
         kwargs["max_connections"] = _positive_int(spec["max_connections"])
     if "ws_max_message_size" in spec:
@@ -216,7 +227,9 @@ def _routes(
 
 def _route(node: Node, targets: _Targets) -> tuple[Route, Pattern]:
     spec = node.mapping(
-        required=("id", "match", "to"), optional=("canary", "timeouts"), rejected=_NOT_YET
+        required=("id", "match", "to"),
+        optional=("canary", "timeouts", "request_buffering"),
+        rejected=_NOT_YET,
     )
     route_id = spec["id"].string()
     if not _NAME.fullmatch(route_id):
@@ -226,6 +239,7 @@ def _route(node: Node, targets: _Targets) -> tuple[Route, Pattern]:
     to = targets.check(spec["to"])
     canary = _canary(spec["canary"], to, targets) if "canary" in spec else None
     timeouts = _timeouts(spec["timeouts"]) if "timeouts" in spec else Timeouts()
+    buffering = _buffering(spec["request_buffering"]) if "request_buffering" in spec else None
     route = Route(
         id=route_id,
         methods=methods,
@@ -233,6 +247,7 @@ def _route(node: Node, targets: _Targets) -> tuple[Route, Pattern]:
         to=to,
         canary=canary,
         timeouts=timeouts,
+        request_buffering=buffering,
         line=node.line,
     )
     return route, pattern
@@ -282,8 +297,12 @@ def _sticky(node: Node) -> Sticky:
 
 
 def _timeouts(node: Node) -> Timeouts:
-    spec = node.mapping(optional=("connect", "read"))
-    return Timeouts(
-        connect=spec["connect"].duration() if "connect" in spec else None,
-        read=spec["read"].duration() if "read" in spec else None,
-    )
+    spec = node.mapping(optional=("connect", "read", "client_body", "send"))
+    return Timeouts(**{key: value.duration() for key, value in spec.items()})
+
+
+def _buffering(node: Node) -> int:
+    """A size, or `false`: stream every body (0)."""
+    if node.is_false():
+        return 0
+    return node.size()

@@ -179,6 +179,10 @@ class Node:
             raise self.error(msg)
         return size
 
+    def is_false(self) -> bool:
+        """Whether this is YAML's `false` (`off` and `no` too, as YAML 1.1 reads them)."""
+        return self.raw.tag == _BOOL and self._scalar() is False
+
     def _scalar(self) -> object:
         if not isinstance(self.raw, yaml.ScalarNode):
             msg = f"must be a scalar, not {self._kind()}"

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from yarl import URL
 
 __all__ = [
+    "DEFAULT_SEND_TIMEOUT",
     "NEW",
     "Canary",
     "NewTarget",
@@ -31,6 +32,8 @@ __all__ = [
 
 # The target name of the new side; every other target names an upstream.
 NEW = "new"
+# nginx's send_timeout default; also for answers no upstream covers (in-process `new`).
+DEFAULT_SEND_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +52,14 @@ class Upstream:
     # a message club-api (or its client) would take; a message is held whole
     # per hop, so this bounds the memory one socket can take.
     ws_max_message_size: int = 16 * 1024 * 1024
+    # nginx's request buffering: a request body up to this size is read whole
+    # before an upstream connection is taken, so a slow client holds no pooled
+    # connection (0: stream every body). Larger bodies stream.
+    request_buffering: int = 1024 * 1024
+    # nginx's client_body_timeout: the longest wait for the next body bytes.
+    client_body_timeout: float = 60.0
+    # nginx's send_timeout: the longest a client may leave the answer unread.
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +97,8 @@ class Timeouts:
 
     connect: float | None = None
     read: float | None = None
+    client_body: float | None = None
+    send: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +109,8 @@ class Route:
     to: str
     canary: Canary | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # Overrides the upstream's `request_buffering` (0: stream every body).
+    request_buffering: int | None = None
     line: int = 0  # where the route starts in routes.yaml, for messages
 
 

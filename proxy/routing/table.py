@@ -112,5 +112,12 @@ def _describe_route(route: Route) -> dict[str, Any]:
     if (canary := route.canary) is not None:
         sticky = f"{canary.sticky.kind.value}:{canary.sticky.name}" if canary.sticky else None
         described["canary"] = {"to": canary.to, "weight": canary.weight, "sticky": sticky}
-    described["timeouts"] = {"connect": route.timeouts.connect, "read": route.timeouts.read}
+    timeouts = route.timeouts
+    described["timeouts"] = {
+        "connect": timeouts.connect,
+        "read": timeouts.read,
+        "client_body": timeouts.client_body,
+        "send": timeouts.send,
+    }
+    described["request_buffering"] = route.request_buffering
     return described

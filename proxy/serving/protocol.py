@@ -28,6 +28,7 @@ from aiohttp.http_parser import HttpParser, HttpRequestParserPy
 from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestPayloadError
 
 from proxy.core.headers import request_id_from
+from proxy.core.send_deadline import SendDeadline
 from proxy.core.state import PROXY
 from proxy.fastlane.lane import FastLane, LaneHost
 from proxy.webpath.responses import error_response
@@ -122,13 +123,14 @@ class ProxyRequestHandler(web.RequestHandler):
     this connection over with (`proxy.core.decision.take_decision`).
     """
 
-    __slots__ = ("pending_decision",)
+    __slots__ = ("pending_decision", "send_deadline")
 
     def __init__(
         self, manager: web.Server, *, extension_methods: bool = False, **kwargs: Any
     ) -> None:
         super().__init__(manager, **kwargs)
         self.pending_decision: PendingDecision | None = None
+        self.send_deadline = SendDeadline()
         if not extension_methods and self._parser is not None:
             # Python's parser (below) declines an upgrade without losing bytes.
             self._parser = cast("HttpParser[Any]", DeclinedUpgradeGuard(self._parser))
@@ -145,6 +147,23 @@ class ProxyRequestHandler(web.RequestHandler):
                 auto_decompress=kwargs.get("auto_decompress", True),
                 max_msg_queue_size=MAX_MSG_QUEUE_SIZE,
             )
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.send_deadline.paused(self.transport, self.remote_address())
+
+    def resume_writing(self) -> None:
+        self.send_deadline.resumed()
+        super().resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.send_deadline.resumed()
+        super().connection_lost(exc)
+
+    def remote_address(self) -> object:
+        """The client's address, for log lines."""
+        transport = self.transport
+        return transport.get_extra_info("peername") if transport is not None else None
 
     def handle_error(
         self,

@@ -31,12 +31,10 @@ from typing import TYPE_CHECKING, Final
 from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 
 from proxy.errors import ProxyError
-from proxy.upstream.exchange import Exchange, ResponseProtocol
+from proxy.upstream.exchange import Exchange, RequestBody, ResponseProtocol
 
 if TYPE_CHECKING:
     import ssl as ssl_module
-
-    from aiohttp.streams import StreamReader
 
     from proxy.upstream.limits import ClientLimits
 
@@ -151,7 +149,7 @@ class ConnectionPool:
         self,
         method: str,
         head: bytes,
-        body: StreamReader | None,
+        body: RequestBody | None,
         *,
         chunked: bool,
         connect_timeout: float | None,

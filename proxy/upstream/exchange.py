@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final, Protocol
 
-from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
+from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError, ServerTimeoutError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.helpers import _EXC_SENTINEL
+
+from proxy.upstream.limits import ClientBodyTimeout, ClientLimits
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -20,9 +22,15 @@ if TYPE_CHECKING:
     from aiohttp.http import RawResponseMessage
     from aiohttp.streams import StreamReader
 
-    from proxy.upstream.limits import ClientLimits
 
-__all__ = ["LAST_CHUNK", "ConnectionOwner", "Exchange", "ResponseProtocol", "is_interim"]
+__all__ = [
+    "LAST_CHUNK",
+    "ConnectionOwner",
+    "Exchange",
+    "RequestBody",
+    "ResponseProtocol",
+    "is_interim",
+]
 
 LAST_CHUNK: Final = b"0\r\n\r\n"
 _CLOCK_SLACK: Final = 0.001
@@ -193,6 +201,22 @@ class ResponseProtocol(ResponseHandler):
             self._read_timeout_handle = loop.call_at(deadline, self._check_deadline)
 
 
+class RequestBody(Protocol):
+    """A request body to send (aiohttp's `StreamReader`, or the web path's buffered one)."""
+
+    def read_nowait(self) -> bytes:
+        """What is here now, without waiting."""
+        ...
+
+    def at_eof(self) -> bool:
+        """Whether the whole body was read."""
+        ...
+
+    async def readany(self) -> bytes:
+        """The next bytes; b"" at the end (may raise `ClientBodyTimeout`)."""
+        ...
+
+
 class ConnectionOwner(Protocol):
     """Where an exchange's connection came from (`proxy.upstream.client.ConnectionPool`)."""
 
@@ -230,7 +254,7 @@ class Exchange:
         self,
         method: str,
         head: bytes,
-        body: StreamReader | None,
+        body: RequestBody | None,
         *,
         chunked: bool,
         read_timeout: float | None,
@@ -267,7 +291,7 @@ class Exchange:
             return
         transport.write(head)
         self._body_task = asyncio.get_running_loop().create_task(
-            _send_body(proto, body, chunked=chunked)
+            _send_body(proto, body, chunked=chunked, stall_timeout=read_timeout)
         )
 
     async def read_head(self) -> None:
@@ -340,8 +364,16 @@ def is_interim(code: int) -> bool:
     return 100 <= code < 200  # noqa: PLR2004
 
 
-async def _send_body(proto: ResponseProtocol, body: StreamReader, *, chunked: bool) -> None:
-    """Stream the rest of the client's body upstream, honouring the socket's flow control."""
+async def _send_body(
+    proto: ResponseProtocol, body: RequestBody, *, chunked: bool, stall_timeout: float | None
+) -> None:
+    """Stream the rest of the client's body upstream, honouring the socket's flow control.
+
+    An upstream that takes no body bytes for `stall_timeout` (its read
+    timeout, as nginx's proxy_send_timeout) fails the request with a
+    timeout: while it stalls the proxy reads nothing from the client, so
+    a client that left would otherwise hold the connection unnoticed.
+    """
     try:
         while True:
             chunk = await body.readany()
@@ -354,16 +386,28 @@ async def _send_body(proto: ResponseProtocol, body: StreamReader, *, chunked: bo
                 break
             transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
             if proto.writing_paused:
-                await proto._drain_helper()  # noqa: SLF001 - aiohttp's own drain for this protocol
+                async with asyncio.timeout(stall_timeout):
+                    await proto._drain_helper()  # noqa: SLF001 - aiohttp's own drain for this protocol
     except asyncio.CancelledError:
         raise
+    except ClientBodyTimeout as exc:
+        # The client's fault, answered 408 by the caller (not a 502).
+        _fail(proto, exc, exc)
+        return
+    except TimeoutError as exc:
+        _fail(proto, ServerTimeoutError("upstream took no request body bytes in time"), exc)
+        return
     except Exception as exc:
         # The client's body broke (bad chunking, disconnect) or the upstream
         # went away: fail the answer, never send a truncated body as complete.
-        proto.set_exception(ClientOSError(f"request body not sent: {exc!r}"), exc)
-        # The transport's abort, not the protocol's: that one would clear the
-        # exception the answer is waiting on.
-        if (transport := proto.transport) is not None:
-            transport.abort()
+        _fail(proto, ClientOSError(f"request body not sent: {exc!r}"), exc)
         return
     proto.start_timeout()
+
+
+def _fail(proto: ResponseProtocol, error: BaseException, cause: BaseException) -> None:
+    proto.set_exception(error, cause)
+    # The transport's abort, not the protocol's: that one would clear the
+    # exception the answer is waiting on.
+    if (transport := proto.transport) is not None:
+        transport.abort()

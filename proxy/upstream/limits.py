@@ -12,10 +12,23 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from proxy.routing.model import DEFAULT_SEND_TIMEOUT
+
 if TYPE_CHECKING:
     from proxy.routing.model import Route, Upstream
 
-__all__ = ["ClientLimits", "route_timeout", "upstream_timeout"]
+__all__ = [
+    "ClientBodyTimeout",
+    "ClientLimits",
+    "body_limits",
+    "route_timeout",
+    "send_timeout",
+    "upstream_timeout",
+]
+
+
+class ClientBodyTimeout(Exception):
+    """The client sent no request body bytes for its client body timeout (answered 408)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,3 +67,21 @@ def route_timeout(route: Route | None, upstream: Upstream) -> aiohttp.ClientTime
         sock_connect=connect,
         sock_read=overrides.read or upstream.read_timeout,
     )
+
+
+def body_limits(route: Route | None, upstream: Upstream) -> tuple[int, float]:
+    """(request buffering size, client body timeout) for a request: the route's, else the upstream's."""
+    if route is None:
+        return upstream.request_buffering, upstream.client_body_timeout
+    buffering = route.request_buffering
+    return (
+        upstream.request_buffering if buffering is None else buffering,
+        route.timeouts.client_body or upstream.client_body_timeout,
+    )
+
+
+def send_timeout(route: Route | None, upstream: Upstream | None) -> float:
+    """How long a client may leave the answer unread: the route's, the upstream's, or 60 s."""
+    if route is not None and route.timeouts.send is not None:
+        return route.timeouts.send
+    return upstream.send_timeout if upstream is not None else DEFAULT_SEND_TIMEOUT

@@ -21,9 +21,10 @@ from yarl import URL
 
 from proxy.core.decision import decide, take_decision
 from proxy.core.headers import request_id_from, upstream_request_headers
+from proxy.core.send_deadline import set_send_timeout
 from proxy.core.state import CLIENT_CLOSED
 from proxy.routing.model import NEW, Upstream
-from proxy.upstream.limits import route_timeout
+from proxy.upstream.limits import body_limits, route_timeout, send_timeout
 from proxy.webpath.relay import forward
 from proxy.webpath.responses import (
     BodyCounter,
@@ -94,6 +95,9 @@ class WebPath:
             table = proxy.watcher.table
             match = table.match(method, target_bytes.partition("?")[0])
             decision = decide(table, match, request.headers, request)
+        route = decision.route
+        upstream = decision.table.upstreams.get(decision.target)
+        set_send_timeout(request.protocol, send_timeout(route, upstream))
         call = _Call(
             request=request,
             rid=request_id_from(request.headers.get("X-Request-ID")),
@@ -137,6 +141,7 @@ class WebPath:
                 policy=proxy.policy,
                 request_id=call.rid,
                 client_timeout=route_timeout(call.route, upstream),
+                body_limits=body_limits(call.route, upstream),
             )
         finally:
             proxy.pools.release(pool)
@@ -234,3 +239,5 @@ async def _write(call: _Call, response: web.StreamResponse) -> None:
         await response.write_eof()
     except ConnectionResetError:
         call.aborted = "client"
+    if type(response) is ErrorResponse and response.abandon_connection:
+        call.request.protocol.force_close()

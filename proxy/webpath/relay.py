@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 
 from proxy.core.headers import response_headers, upstream_request_head
 from proxy.upstream.failures import UPSTREAM_FAILURES
-from proxy.webpath.responses import PassThroughResponse, failure_response
+from proxy.upstream.limits import ClientBodyTimeout
+from proxy.webpath.body import take_body
+from proxy.webpath.responses import (
+    ErrorResponse,
+    PassThroughResponse,
+    error_response,
+    failure_response,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -24,6 +31,7 @@ if TYPE_CHECKING:
     from aiohttp.streams import StreamReader
 
     from proxy.core.headers import ForwardingPolicy
+    from proxy.upstream.exchange import RequestBody
     from proxy.upstream.pools import UpstreamPool
 
 __all__ = ["forward"]
@@ -39,12 +47,15 @@ async def forward(
     policy: ForwardingPolicy,
     request_id: str,
     client_timeout: aiohttp.ClientTimeout | None = None,
+    body_limits: tuple[int, float] = (0, 60.0),
 ) -> web.StreamResponse:
     """Send `request` to the upstream of `pool` and stream the answer back.
 
     `target` is the raw request target (path and query, undecoded) to send
-    upstream. Returns a prepared and finished `PassThroughResponse`, or an
-    unprepared `ErrorResponse` when the upstream could not answer.
+    upstream. `body_limits` are the request buffering size and the client
+    body timeout (`proxy.webpath.body`). Returns a prepared and finished
+    `PassThroughResponse`, or an unprepared `ErrorResponse` when the upstream
+    could not answer (or the client's body timed out: 408).
 
     Long because it is every relayed request's path, kept in one frame.
     """
@@ -63,14 +74,17 @@ async def forward(
     )
     timeout = client_timeout or pool.timeout
     try:
+        body = await _take_body(request, body_limits) if has_body else None
         exchange = await pool.client.request(
             method,
             head,
-            request.content if has_body else None,
+            body,
             chunked=chunked,
             connect_timeout=timeout.connect,
             read_timeout=timeout.sock_read,
         )
+    except ClientBodyTimeout:
+        return _body_timed_out(request_id)
     except UPSTREAM_FAILURES as exc:
         return failure_response(exc, request_id=request_id, upstream=pool.upstream.name)
     # Any exit but a complete relay (client gone, cancellation) closes the
@@ -86,6 +100,25 @@ async def forward(
         await _relay(content, response, request, request_id=request_id)
     finally:
         exchange.finish()
+    return response
+
+
+async def _take_body(request: web.Request, limits: tuple[int, float]) -> RequestBody:
+    limit, timeout = limits
+    return await take_body(
+        request.content, length=request.content_length, limit=limit, idle=timeout
+    )
+
+
+def _body_timed_out(request_id: str) -> ErrorResponse:
+    # nginx's answer to client_body_timeout; the rest of the body is never
+    # read, so the connection cannot carry another request.
+    logger.warning("proxy.client_body_timeout", extra={"request_id": request_id})
+    response = error_response(
+        408, "request body timed out", request_id=request_id, kind="client_body"
+    )
+    response.force_close()
+    response.abandon_connection = True
     return response
 
 

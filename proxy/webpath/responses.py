@@ -73,6 +73,9 @@ class ErrorResponse(web.Response):
         )
         self.kind = kind
         self.body_size = len(body)
+        # Close the connection at once after this answer, without aiohttp's
+        # lingering read (up to 10 s) of a request body left unread.
+        self.abandon_connection = False
 
     async def _prepare_headers(self) -> None:
         await super()._prepare_headers()

@@ -44,9 +44,12 @@ async def serve(
     """Serve a proxy to `upstream` as `club-proxy run` does; returns its port."""
     runners = []
 
-    async def start(*, fast_lane: bool = True, **kwargs: Any) -> int:
+    async def start(
+        *, fast_lane: bool = True, opts: dict[str, str] | None = None, **kwargs: Any
+    ) -> int:
+        """`opts`: upstream keys of routes.yaml (`{"max_connections": "1"}`)."""
         app = create_app(
-            routes_path=legacy_routes(tmp_path, upstream.url),
+            routes_path=legacy_routes(tmp_path, upstream.url, **(opts or {})),
             reload_on_sighup=False,
             fast_lane=fast_lane,
             **kwargs,
@@ -183,6 +186,182 @@ async def test_bytes_that_are_not_a_request_do_not_keep_a_connection_open(
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
+
+
+# --- 2. slow request bodies and slow readers -------------------------------------
+
+# A small pool, so a handful of slow clients would take all of it, and a
+# connect timeout (which includes the wait for a pooled connection) long
+# enough for a freed connection to be taken.
+SMALL_POOL = {"max_connections": "2", "connect_timeout": "5s"}
+
+
+async def _get_ok(port: int, connect: Callable[[int], Awaitable[RawClient]]) -> None:
+    client = await connect(port)
+    await client.send(request("GET", "/echo"))
+    response = await client.read_response()
+    assert response.status == 200, response.body
+
+
+@BOTH_PATHS
+async def test_clients_trickling_small_bodies_take_no_upstream_connection(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+) -> None:
+    # The probe's case: bodies streamed upstream as they came, so each slow
+    # client held a pooled connection and everyone else got 504.
+    port = await serve(fast_lane=fast_lane, opts={**SMALL_POOL, "connect_timeout": "1s"})
+    for _ in range(5):
+        slow = await connect(port)
+        await slow.send(request("POST", "/upload", headers=[("Content-Length", "1000")]) + b"x")
+    await _get_ok(port, connect)
+    assert [r.target for r in upstream.received] == [b"/echo"]
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "streamed"])
+async def test_a_body_that_stops_coming_is_answered_408_and_frees_the_pool(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+    buffered: bool,
+) -> None:
+    # Buffered: the body fits request_buffering and never reaches the upstream.
+    # Streamed: it is larger, its start went upstream, and the stall cuts that
+    # upstream request (the connection is closed, not pooled).
+    opts = {**SMALL_POOL, "max_connections": "1", "client_body_timeout": "300ms"}
+    opts["request_buffering"] = "64KiB" if buffered else "1KiB"
+    port = await serve(fast_lane=fast_lane, opts=opts)
+    slow = await connect(port)
+    head = request("POST", "/upload", headers=[("Content-Length", "100000")])
+    await slow.send(head + b"x" * 4000)
+    response = await slow.read_response()
+    assert response.status == 408
+    assert json.loads(response.body)["error"] == "request body timed out"
+    assert response.header("Connection") == "close"
+    assert await slow.rest_until_close() == b""
+    await _get_ok(port, connect)
+    assert [r.target for r in upstream.received][-1:] == [b"/echo"]
+
+
+@BOTH_PATHS
+async def test_a_body_sent_in_time_is_relayed_whole(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+) -> None:
+    # The client body timeout is between reads: a slow but steady body passes.
+    port = await serve(fast_lane=fast_lane, opts={"client_body_timeout": "500ms"})
+    client = await connect(port)
+    body = b"0123456789" * 10
+    await client.send(request("POST", "/upload", headers=[("Content-Length", str(len(body)))]))
+    for index in range(0, len(body), 25):
+        await asyncio.sleep(0.1)
+        await client.send(body[index : index + 25])
+    assert (await client.read_response()).status == 200
+    assert upstream.received[0].body_len == len(body)
+
+
+@BOTH_PATHS
+async def test_a_client_that_does_not_read_its_answer_is_cut_after_the_send_timeout(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    fast_lane: bool,
+) -> None:
+    # Five such clients held a five-connection pool for 50 s, past the read
+    # timeout. Now the proxy cuts each after send_timeout and frees its slot.
+    port = await serve(
+        fast_lane=fast_lane, opts={**SMALL_POOL, "max_connections": "1", "send_timeout": "300ms"}
+    )
+    stuck = await connect(port)
+    await stuck.send(request("GET", f"/big?size={64 * 1024 * 1024}"))
+    await _get_ok(port, connect)
+
+
+class StallingUpstream:
+    """An upstream that stops reading a `POST /stall` body after its head; 200 to the rest."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> StallingUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"POST /stall "):
+                    await asyncio.Event().wait()  # reads nothing more: the body backs up
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+
+@pytest.fixture
+async def stalling() -> AsyncIterator[StallingUpstream]:
+    upstream = await StallingUpstream().start()
+    yield upstream
+    await upstream.close()
+
+
+@BOTH_PATHS
+async def test_an_upload_the_upstream_stops_reading_frees_its_connection(
+    tmp_path: Path,
+    stalling: StallingUpstream,
+    connect: Callable[[int], Awaitable[RawClient]],
+    fast_lane: bool,
+) -> None:
+    # While the upstream takes no body bytes the proxy reads none from the
+    # client either, so a client that leaves went unnoticed and held the
+    # connection for about 110 s. The upstream's read timeout now bounds a
+    # stalled upload too (nginx's proxy_send_timeout).
+    opts = {**SMALL_POOL, "max_connections": "1", "read_timeout": "500ms"}
+    routes = legacy_routes(
+        tmp_path, f"http://127.0.0.1:{stalling.port}", **opts, request_buffering="false"
+    )
+    app = create_app(routes_path=routes, reload_on_sighup=False, fast_lane=fast_lane)
+    runner, port = await serve_proxy(app)
+    try:
+        uploader = await connect(port)
+        size = 256 * 1024 * 1024
+        await uploader.send(request("POST", "/stall", headers=[("Content-Length", str(size))]))
+
+        async def push() -> None:
+            for _ in range(size // 65536):
+                await uploader.send(b"u" * 65536)
+
+        pushing = asyncio.ensure_future(push())
+        await asyncio.sleep(0.3)  # the body backs up at the upstream
+        assert not pushing.done()
+        pushing.cancel()
+        await asyncio.gather(pushing, return_exceptions=True)
+        await uploader.close()
+        await _get_ok(port, connect)
+    finally:
+        await runner.cleanup()
 
 
 # --- 3. an Upgrade the proxy will not perform ------------------------------------
