@@ -35,7 +35,7 @@ from proxy.fastlane.plainanswer import plain_answer
 from proxy.upstream.client import IDEMPOTENT
 from proxy.upstream.exchange import Exchange, is_interim
 from proxy.upstream.failures import UPSTREAM_FAILURES, upstream_failure
-from proxy.upstream.limits import route_timeout
+from proxy.upstream.limits import route_timeout, send_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -117,6 +117,10 @@ class LaneCall:
         metrics.fast_lane_requests += 1
 
     # --- the lane's side ----------------------------------------------------------
+
+    def send_timeout(self) -> float:
+        """How long the client may leave this answer unread (route, else upstream)."""
+        return send_timeout(self._route, self._upstream)
 
     def begin(self) -> None:
         """Send on an idle connection and wait for its callback, or start a task."""

@@ -48,7 +48,6 @@ from proxy.core.send_deadline import SendDeadline
 from proxy.fastlane.answer import error_answer
 from proxy.fastlane.call import LaneCall
 from proxy.routing.model import NEW, StickyKind
-from proxy.upstream.limits import send_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -195,6 +194,10 @@ class FastLane(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        call = self._call
+        if call is not None:
+            # Read here, not per request: a full socket buffer is the rare case.
+            self.send_deadline.seconds = call.send_timeout()
         self.send_deadline.paused(self._transport, self.peer)
 
     def resume_writing(self) -> None:
@@ -361,15 +364,13 @@ class FastLane(asyncio.Protocol):
         # The keep-alive timer stays armed: firing while busy it does nothing,
         # and call_done() arms it again (one timer per keep-alive period, not
         # one per request).
-        upstream = table.upstreams[decision.target]
-        self.send_deadline.seconds = send_timeout(decision.route, upstream)
         call = self._call = LaneCall(
             self,
             proxy,
             message=message,
             route=decision.route,
             target=decision.target,
-            upstream=upstream,
+            upstream=table.upstreams[decision.target],
         )
         try:
             call.begin()
