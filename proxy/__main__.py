@@ -3,6 +3,7 @@
     club-proxy run --routes routes.yaml [--host H] [--port P] [--admin-host H]
                    [--admin-port P] [--admin-token T] [--workers N]
                    [--trusted-proxy CIDR ...] [--via-pseudonym NAME]
+                   [--underscores-in-headers]
                    [--drain-timeout S]
     club-proxy check ROUTES          validate like `nginx -t` (exit 0 or 1)
 
@@ -54,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="this proxy's name in Via; tiers in series need different names",
     )
+    serve.add_argument(
+        "--underscores-in-headers",
+        action="store_true",
+        help="forward request headers whose names contain '_' (dropped by default, as nginx)",
+    )
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds, on SIGTERM")
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--no-access-log", action="store_true")
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             trusted_proxies=tuple(args.trusted_proxy),
             pseudonym=args.via_pseudonym,
+            underscores_in_headers=args.underscores_in_headers,
             drain_timeout=args.drain_timeout,
             log_level=args.log_level,
             access_log=not args.no_access_log,

@@ -1045,9 +1045,17 @@ CASES: Final = (
     unclaimed(
         "error-response-unclaimed",
         "aiohttp.web_response.Response",
-        ("kind", "body_size"),
+        ("kind", "body_size", "abandon_connection"),
         RESPONSES,
         build=_build_plain,
+    ),
+    # OwnResponse writes an HTTP/1.1 status line to an HTTP/0.9 or 2.0 request
+    # line itself: it overrides _write_headers and reads _req and _payload_writer.
+    overrides(
+        "own-write-headers", f"{RESPONSE}._write_headers", "(self)", RESPONSES, is_async=True
+    ),
+    attributes(
+        "response-request-writer", RESPONSE, _build_plain, ("_req", "_payload_writer"), RESPONSES
     ),
     # The web path counts the body bytes aiohttp writes with the writer's callback ...
     exists("on-body-write", "aiohttp.abc.AbstractStreamWriter.on_body_write", RESPONSES),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeAlias
 
@@ -38,6 +39,7 @@ __all__ = [
     "response_headers",
     "upstream_request_head",
     "upstream_request_headers",
+    "valid_host",
 ]
 
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -101,6 +103,20 @@ _LOWER_HOP_BY_HOP: Final = frozenset(n.lower().encode() for n in HOP_BY_HOP)
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
+# RFC 9112 §3.2 and RFC 3986 §3.2.2: `uri-host [":" port]`, without user
+# info. A comma (a list of hosts), a path, spaces or an empty value are 400
+# (nginx refuses them too): the upstream and X-Forwarded-Host would read them
+# their own way. `,` is a reg-name character by the grammar but never a host.
+_HOST_VALUE: Final = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+;=%-]+)(?::[0-9]{0,5})?"
+)
+
+
+def valid_host(value: str | None) -> bool:
+    """Whether a request's `Host` value names one host (and port); None (absent) is allowed."""
+    return value is None or _HOST_VALUE.fullmatch(value) is not None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardingPolicy:
     """How the proxy names itself and which peers may set forwarding headers.
@@ -114,10 +130,15 @@ class ForwardingPolicy:
             matched as the IPv4 address it is.
         pseudonym: the `Via` name (RFC 9110 §7.6.3); seeing it on an inbound
             request means a routing loop.
+        underscores_in_headers: keep request header names with `_`. Off by
+            default, as nginx's `underscores_in_headers off`: servers that
+            fold `_` into `-` (several WSGI servers) would read
+            `X_Forwarded_For` as the proxy's own `X-Forwarded-For`.
     """
 
     trusted: tuple[IPNetwork, ...] = ()
     pseudonym: str = "club-proxy"
+    underscores_in_headers: bool = False
     via: str = field(init=False)
     via_bytes: bytes = field(init=False, repr=False, compare=False)
     _trust_cache: dict[str, bool] = field(init=False, repr=False, compare=False)
@@ -131,10 +152,16 @@ class ForwardingPolicy:
         object.__setattr__(self, "_trust_cache", {})
 
     @classmethod
-    def from_cidrs(cls, cidrs: Iterable[str], *, pseudonym: str = "club-proxy") -> ForwardingPolicy:
+    def from_cidrs(
+        cls,
+        cidrs: Iterable[str],
+        *,
+        pseudonym: str = "club-proxy",
+        underscores_in_headers: bool = False,
+    ) -> ForwardingPolicy:
         """A policy trusting the given CIDRs (`10.0.0.0/8`, `::1`)."""
         nets = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-        return cls(trusted=nets, pseudonym=pseudonym)
+        return cls(trusted=nets, pseudonym=pseudonym, underscores_in_headers=underscores_in_headers)
 
     def is_trusted(self, peer: str | None) -> bool:
         """Whether `peer` (an IP address string) is one of our trusted proxies."""
@@ -198,8 +225,7 @@ def upstream_request_headers(
     if "Connection" in out:
         for token in _connection_tokens(out):
             out.popall(token, None)
-    for name in _REQUEST_DROP:
-        out.popall(name, None)
+    _drop_requested(out, policy)
     via = out.popall("Via", None)
     out["Via"] = f"{', '.join(via)}, {policy.via}" if via else policy.via
     trusted = policy.is_trusted(peer)
@@ -215,6 +241,15 @@ def upstream_request_headers(
         out["X-Forwarded-Host"] = host
     out["X-Request-ID"] = request_id
     return out
+
+
+def _drop_requested(out: CIMultiDict[str], policy: ForwardingPolicy) -> None:
+    """Remove the request headers no upstream may see (names with `_` unless allowed)."""
+    for name in _REQUEST_DROP:
+        out.popall(name, None)
+    if not policy.underscores_in_headers:
+        for name in [n for n in out if "_" in n]:
+            out.popall(name, None)
 
 
 def response_headers(headers: CIMultiDictProxy[str], *, request_id: str) -> CIMultiDict[str]:
@@ -323,8 +358,19 @@ def upstream_request_head(
     """
     kinds = _TRUSTED_KINDS if policy.is_trusted(peer) else _UNTRUSTED_KINDS
     via = policy.via_bytes
+    underscores = policy.underscores_in_headers
     head = _request_head(
-        method, target, raw_headers, kinds, via, peer, scheme, request_id, default_host, body
+        method,
+        target,
+        raw_headers,
+        kinds,
+        via,
+        peer,
+        scheme,
+        request_id,
+        default_host,
+        body,
+        underscores,
     )
     if head is None:
         # A `Connection` field names headers to drop beyond the usual ones
@@ -332,7 +378,17 @@ def upstream_request_head(
         values = tuple(v for n, v in raw_headers if n.lower() == b"connection")
         kinds = {**kinds, **dict.fromkeys(_tokens(values), _DROP)}
         head = _request_head(
-            method, target, raw_headers, kinds, via, peer, scheme, request_id, default_host, body
+            method,
+            target,
+            raw_headers,
+            kinds,
+            via,
+            peer,
+            scheme,
+            request_id,
+            default_host,
+            body,
+            underscores,
         )
         assert head is not None  # noqa: S101 - every listed name is dropped now
     return head
@@ -349,6 +405,7 @@ def _request_head(  # noqa: C901, PLR0912, PLR0917 - one pass over the headers, 
     request_id: str,
     default_host: str,
     body: bool,  # noqa: FBT001 - private, positional for speed
+    underscores: bool,  # noqa: FBT001
 ) -> tuple[bytes, bool] | None:
     """`upstream_request_head` with the drop rules in `kinds`; None when a
     `Connection` field names a header `kinds` does not drop."""
@@ -360,6 +417,8 @@ def _request_head(  # noqa: C901, PLR0912, PLR0917 - one pass over the headers, 
     for name, value in raw_headers:
         kind = kinds.get(name.lower())
         if kind is None:
+            if b"_" in name and not underscores:
+                continue  # see ForwardingPolicy.underscores_in_headers
             lines += (name, b": ", value, b"\r\n")
         elif kind == _DROP:
             continue

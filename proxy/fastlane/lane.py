@@ -43,6 +43,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 
 from proxy.core.answers import REFUSED_METHODS
 from proxy.core.decision import PendingDecision, decide
+from proxy.core.headers import valid_host
 from proxy.core.request_ids import request_id_from
 from proxy.core.send_deadline import SendDeadline
 from proxy.fastlane.answer import error_answer
@@ -499,6 +500,8 @@ def _handoff_reason(  # noqa: PLR0911 - one reason per check
     if message.path[:1] != "/":
         return "target"
     headers = message.headers
+    if not valid_host(headers.get("Host")):
+        return "host"  # aiohttp's path answers it 400
     if "Upgrade" in headers or "Expect" in headers:
         return "upgrade" if "Upgrade" in headers else "expect"
     if "Via" in headers and proxy.policy.is_loop(headers):

@@ -14,9 +14,10 @@ import logging
 import signal
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from proxy.core.headers import ForwardingPolicy, request_id_from
 from proxy.core.state import PROXY, Proxy
@@ -31,7 +32,7 @@ from proxy.upstream.pools import UpstreamPools
 from proxy.webpath.appfactory import build_new_app
 from proxy.webpath.dispatch import WebPath
 from proxy.webpath.inprocess import InProcessApp
-from proxy.webpath.responses import error_response
+from proxy.webpath.responses import OwnResponse, error_response
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -140,6 +141,11 @@ def _upstreams_of(table: RouteTable) -> Iterable[Upstream]:
         yield Upstream(name=NEW, url=table.new.url)
 
 
+# What `OPTIONS *` answers: the methods the proxy passes on (CONNECT and TRACE
+# are refused).
+_ALLOWED: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
 @web.middleware
 async def _non_origin_targets(request: web.Request, handler: Handler) -> web.StreamResponse:
     # The catch-all route matches every origin-form target; what reaches the
@@ -147,18 +153,46 @@ async def _non_origin_targets(request: web.Request, handler: Handler) -> web.Str
     if request.match_info.http_exception is None:
         return await handler(request)
     rid = request_id_from(request.headers.get("X-Request-ID"))
+    if request.method == "OPTIONS" and request.raw_path == "*":
+        # RFC 9110 §9.3.7: a question about the server, answered by it.
+        answer = OwnResponse(status=200, headers={"Allow": _ALLOWED, "X-Request-ID": rid})
+        _record_own(request, rid, answer.status, 0)
+        return answer
     if request.method == "CONNECT":
         response = error_response(405, "method not allowed", request_id=rid, kind="method")
     else:
         response = error_response(400, "unsupported request target", request_id=rid, kind="target")
+    _record_own(request, rid, response.status, response.body_size)
+    return response
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` answered as aiohttp does; any other expectation a JSON 417.
+
+    aiohttp's own 417 is text with its `Server` header (the version leak the
+    probe found). Like aiohttp, an HTTP/1.0 request's `Expect` is ignored.
+    """
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer's own bytes start after it
+        return None
+    rid = request_id_from(request.headers.get("X-Request-ID"))
+    response = error_response(417, "expectation failed", request_id=rid, kind="expect")
+    response.force_close()  # its body, if any, is never read
+    _record_own(request, rid, response.status, response.body_size)
+    return response
+
+
+def _record_own(request: web.Request, request_id: str, status: int, body_bytes: int) -> None:
     request.app[PROXY].record_rejected(
-        request_id=rid,
-        status=response.status,
-        body_bytes=response.body_size,
+        request_id=request_id,
+        status=status,
+        body_bytes=body_bytes,
         method=request.method,
         raw_target=request.raw_path,
     )
-    return response
 
 
 def create_app(
@@ -166,6 +200,7 @@ def create_app(
     routes_path: Path,
     trusted_proxies: Iterable[str] = (),
     pseudonym: str = "club-proxy",
+    underscores_in_headers: bool = False,
     poll_interval: float = 0.5,
     reload_on_sighup: bool = True,
     server_limits: ServerLimits | None = None,
@@ -177,7 +212,8 @@ def create_app(
     """The proxy application for `routes_path` (RoutesError now if the file is invalid).
 
     `trusted_proxies` are the CIDRs whose X-Forwarded-* headers are kept;
-    `pseudonym` is this proxy's name in `Via`. `access_log` defaults to lines
+    `pseudonym` is this proxy's name in `Via`; `underscores_in_headers` keeps
+    request header names with `_` (dropped otherwise, as nginx does). `access_log` defaults to lines
     on the `proxy.access` logger; `club-proxy run` passes a buffered stdout one.
     `fast_lane=False` sends every request through aiohttp's web layer even
     when `ProxyAppRunner` serves the app (see `proxy.fastlane.lane`).
@@ -185,7 +221,9 @@ def create_app(
     watcher = RoutesWatcher(routes_path, poll_interval=poll_interval)
     proxy = Proxy(
         watcher=watcher,
-        policy=ForwardingPolicy.from_cidrs(trusted_proxies, pseudonym=pseudonym),
+        policy=ForwardingPolicy.from_cidrs(
+            trusted_proxies, pseudonym=pseudonym, underscores_in_headers=underscores_in_headers
+        ),
         metrics=metrics or ProxyMetrics(),
         access=access_log or AccessLog(),
         pools=UpstreamPools(limits=client_limits or ClientLimits()),
@@ -199,6 +237,6 @@ def create_app(
         middlewares=[_non_origin_targets],
     )
     app[PROXY] = proxy
-    app.router.add_route("*", "/{tail:.*}", WebPath(proxy).handle)
+    app.router.add_route("*", "/{tail:.*}", WebPath(proxy).handle, expect_handler=_expect)
     app.cleanup_ctx.append(_lifecycle)
     return app

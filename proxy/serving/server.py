@@ -68,6 +68,8 @@ class ServeConfig:
     # This proxy's name in `Via`: tiers in series need different ones, or the
     # second answers 508 (loop) to everything the first relays.
     pseudonym: str = "club-proxy"
+    # Forward request header names with `_` (nginx's underscores_in_headers).
+    underscores_in_headers: bool = False
     drain_timeout: float = 30.0
     backlog: int = 1024
     log_level: str = "INFO"
@@ -186,6 +188,7 @@ def build_app(config: ServeConfig, *, access_log: AccessLog | None = None) -> we
         routes_path=config.routes_path,
         trusted_proxies=config.trusted_proxies,
         pseudonym=config.pseudonym,
+        underscores_in_headers=config.underscores_in_headers,
         access_log=access_log,
         fast_lane=config.fast_lane,
     )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from proxy.core.answers import REFUSED_METHODS, error_body
+from proxy.core.headers import valid_host
 from proxy.upstream.failures import upstream_failure
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BodyCounter",
     "ErrorResponse",
+    "OwnResponse",
     "PassThroughResponse",
     "count_body",
     "error_response",
@@ -60,7 +62,31 @@ class PassThroughResponse(web.StreamResponse):
             self.headers.popall("Content-Type", None)
 
 
-class ErrorResponse(web.Response):
+class OwnResponse(web.Response):
+    """An answer the proxy gives itself: no `Server` header, an HTTP/1.1 status line."""
+
+    async def _write_headers(self) -> None:
+        request = self._req
+        if request is None or request.version.major == 1:
+            await super()._write_headers()
+            return
+        # aiohttp echoes the request's version in the status line; to an
+        # HTTP/0.9 or 2.0 request line the proxy answers as what it speaks.
+        writer = self._payload_writer
+        if writer is None:
+            msg = "response not prepared"
+            raise RuntimeError(msg)
+        await writer.write_headers(f"HTTP/1.1 {self.status} {self.reason}", self.headers)
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        # The proxy's own answer: aiohttp's `Server` would name the proxy's
+        # software. Here rather than in on_response_prepare: the answer to a
+        # malformed request (proxy.serving.protocol) is never routed, so no app hook runs.
+        self.headers.popall("Server", None)
+
+
+class ErrorResponse(OwnResponse):
     """A failure answered by the proxy itself; `kind` names it for metrics and logs."""
 
     def __init__(self, *, status: int, error: str, request_id: str, kind: str) -> None:
@@ -76,13 +102,6 @@ class ErrorResponse(web.Response):
         # Close the connection at once after this answer, without aiohttp's
         # lingering read (up to 10 s) of a request body left unread.
         self.abandon_connection = False
-
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        # The proxy's own answer: aiohttp's `Server` would name the proxy's
-        # software. Here rather than in on_response_prepare: the answer to a
-        # malformed request (proxy.serving.protocol) is never routed, so no app hook runs.
-        self.headers.popall("Server", None)
 
 
 def error_response(status: int, error: str, *, request_id: str, kind: str) -> ErrorResponse:
@@ -100,8 +119,32 @@ def refusal(request: web.Request, policy: ForwardingPolicy, request_id: str) -> 
     """The answer to a request the proxy will not pass on, or None."""
     if request.method in REFUSED_METHODS:
         return error_response(405, "method not allowed", request_id=request_id, kind="method")
-    if "Via" in request.headers and policy.is_loop(request.headers):
+    headers = request.headers
+    if "Via" in headers and policy.is_loop(headers):
         return error_response(508, "loop detected", request_id=request_id, kind="loop")
+    malformed = _malformed(request)
+    if malformed is None:
+        return None
+    status, error = malformed
+    response = error_response(status, error, request_id=request_id, kind="bad_request")
+    # As for the parser's own refusals: the stream cannot be trusted any more.
+    response.force_close()
+    return response
+
+
+def _malformed(request: web.Request) -> tuple[int, str] | None:
+    """What llhttp lets through but nginx and the RFCs refuse: (status, error), or None."""
+    version = request.version
+    if version.major != 1:
+        # HTTP/0.9 has no headers to route by; HTTP/2 is not spoken over this hop.
+        return (505, "http version not supported") if version.major > 1 else (400, "bad request")
+    headers = request.headers
+    if not valid_host(headers.get("Host")):
+        return 400, "bad request"
+    # An empty Transfer-Encoding beside Content-Length: llhttp ignores it, a
+    # server behind might not (the probe scored it as smuggling).
+    if "Transfer-Encoding" in headers and not "".join(headers.getall("Transfer-Encoding")).strip():
+        return 400, "bad request"
     return None
 
 

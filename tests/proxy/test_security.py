@@ -464,3 +464,157 @@ async def test_requests_after_a_websocket_upgrade_that_failed_are_still_served(
     await client.send(request("GET", "/after"))
     assert (await client.read_response()).status == 200
     assert [r.target for r in upstream.received] == [b"/ws", b"/after"]
+
+
+# --- 4. smaller deviations --------------------------------------------------------
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1:8000, other.example.com",  # a list: scored as smuggling
+        "127.0.0.1:8000/path",
+        "",
+        "user@127.0.0.1:8000",
+        "proxy test",
+    ],
+    ids=["comma-list", "path", "empty", "userinfo", "space"],
+)
+async def test_a_host_that_is_not_one_host_is_refused(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+    host: str,
+) -> None:
+    client = await connect(await serve(fast_lane=fast_lane))
+    await client.send(f"GET /echo HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    response = await client.read_response()
+    assert response.status == 400
+    assert response.header("Connection") == "close"
+    assert upstream.received == []
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize(
+    "host", ["proxy.test", "proxy.test:8080", "[::1]:80", "127.0.0.1", "xn--caf-dma.example"]
+)
+async def test_a_host_that_is_one_host_passes(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+    host: str,
+) -> None:
+    client = await connect(await serve(fast_lane=fast_lane))
+    await client.send(request("GET", "/echo", host=host))
+    assert (await client.read_response()).status == 200
+    assert upstream.received[0].header("Host") == host
+
+
+@BOTH_PATHS
+async def test_an_empty_transfer_encoding_beside_a_length_is_refused(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+) -> None:
+    client = await connect(await serve(fast_lane=fast_lane))
+    headers = [("Transfer-Encoding", ""), ("Content-Length", "5")]
+    await client.send(request("POST", "/echo", headers=headers) + b"hello")
+    response = await client.read_response()
+    assert response.status == 400
+    assert upstream.received == []
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize("allowed", [False, True], ids=["default", "underscores-in-headers"])
+async def test_header_names_with_underscores_are_dropped_unless_allowed(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+    allowed: bool,
+) -> None:
+    # A server that folds `_` into `-` would read X_Forwarded_For as the
+    # proxy's X-Forwarded-For (nginx: underscores_in_headers off).
+    port = await serve(fast_lane=fast_lane, underscores_in_headers=allowed)
+    client = await connect(port)
+    spoof = [("X_Forwarded_For", "6.6.6.6"), ("Content_Length", "5"), ("X-Kept", "1")]
+    await client.send(request("GET", "/echo", headers=spoof))
+    assert (await client.read_response()).status == 200
+    seen = upstream.received[0]
+    assert seen.header("X-Kept") == "1"
+    assert seen.header("X_Forwarded_For") == ("6.6.6.6" if allowed else None)
+    assert seen.header("Content_Length") == ("5" if allowed else None)
+    assert seen.all("X-Forwarded-For") == ["127.0.0.1"]
+
+
+@BOTH_PATHS
+async def test_an_unknown_expectation_is_the_proxys_own_417(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+) -> None:
+    # aiohttp's 417 named its version in Server.
+    client = await connect(await serve(fast_lane=fast_lane))
+    await client.send(request("POST", "/echo", headers=[("Expect", "x-weird")], body=b"abc"))
+    response = await client.read_response()
+    assert response.status == 417
+    assert response.header("Server") is None
+    assert json.loads(response.body)["error"] == "expectation failed"
+    assert upstream.received == []
+
+
+@BOTH_PATHS
+async def test_expect_100_continue_still_gets_its_interim_answer(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+) -> None:
+    client = await connect(await serve(fast_lane=fast_lane))
+    headers = [("Expect", "100-continue"), ("Content-Length", "3")]
+    await client.send(request("POST", "/echo", headers=headers))
+    status, _, _ = await client.read_head()
+    assert status == 100
+    await client.send(b"abc")
+    assert (await client.read_response()).status == 200
+    assert upstream.received[0].body_len == 3
+
+
+@BOTH_PATHS
+async def test_options_asterisk_is_answered_by_the_proxy(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+) -> None:
+    # RFC 9110 §9.3.7: OPTIONS * asks about the server; the proxy is it.
+    client = await connect(await serve(fast_lane=fast_lane))
+    await client.send(b"OPTIONS * HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
+    response = await client.read_response()
+    assert response.status == 200
+    assert response.header("Allow") == "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+    assert response.header("Server") is None
+    assert upstream.received == []
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize("refused", [("0.9", 400), ("2.0", 505)], ids=["0.9", "2.0"])
+async def test_request_lines_of_other_http_versions_are_refused_in_http_1_1(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+    refused: tuple[str, int],
+) -> None:
+    version, status = refused
+    # llhttp reads both; they were answered `HTTP/0.9 200` and `HTTP/2.0 200`.
+    client = await connect(await serve(fast_lane=fast_lane))
+    await client.send(f"GET /echo HTTP/{version}\r\nHost: proxy.test\r\n\r\n".encode())
+    line = await asyncio.wait_for(client.reader.readuntil(b"\r\n"), TIMEOUT)
+    assert line == f"HTTP/1.1 {status} ".encode() + line.split(b" ", 2)[2]
+    assert upstream.received == []
