@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Final
 
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.core.decision import decide, take_decision
@@ -39,7 +40,6 @@ from proxy.webpath.websocket import is_websocket_upgrade, relay_websocket
 if TYPE_CHECKING:
     import aiohttp
     from aiohttp import web
-    from multidict import CIMultiDict
 
     from proxy.core.state import InProcessHandler, Proxy
     from proxy.routing.model import NewTarget, Route
@@ -86,8 +86,10 @@ class WebPath:
         """The catch-all handler."""
         target_bytes = request.raw_path
         if target_bytes[:1] != "/":
-            # absolute-form (RFC 9112 §3.2.2): forward its origin-form, bytes kept.
+            # absolute-form (RFC 9112 §3.2.2): forward its origin-form, bytes
+            # kept, with the target's authority as Host.
             target_bytes = request.rel_url.raw_path_qs
+            request = _with_target_host(request)
         proxy = self.proxy
         method = request.method
         decision = take_decision(request.protocol, method, target_bytes)
@@ -227,6 +229,23 @@ class WebPath:
             aborted=aborted,
             upstream_error=upstream_error,
         )
+
+
+def _with_target_host(request: web.Request) -> web.Request:
+    """`request` with `Host` set to its absolute-form target's authority.
+
+    RFC 9112 §3.2.2: the received Host is ignored for such a request. A target
+    with user info is refused with the rest of the bad hosts (`refusal`).
+    """
+    target = URL(request.raw_path, encoded=True)
+    authority = target.host_port_subcomponent
+    if authority is None:
+        return request
+    if target.raw_user is not None:
+        authority = f"{target.raw_user}@{authority}"  # not one host: a 400
+    headers = CIMultiDict(request.headers)
+    headers["Host"] = authority
+    return request.clone(headers=headers)
 
 
 async def _write(call: _Call, response: web.StreamResponse) -> None:

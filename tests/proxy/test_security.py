@@ -618,3 +618,43 @@ async def test_request_lines_of_other_http_versions_are_refused_in_http_1_1(
     line = await asyncio.wait_for(client.reader.readuntil(b"\r\n"), TIMEOUT)
     assert line == f"HTTP/1.1 {status} ".encode() + line.split(b" ", 2)[2]
     assert upstream.received == []
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("http://other.example:8080/echo?a=1", "other.example:8080"),
+        ("http://other.example/echo?a=1", "other.example"),
+        ("http://[::1]:9000/echo?a=1", "[::1]:9000"),
+    ],
+    ids=["port", "default-port", "ipv6"],
+)
+async def test_an_absolute_form_target_sets_the_host(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+    case: tuple[str, str],
+) -> None:
+    # RFC 9112 §3.2.2: the Host field is ignored for an absolute-form target.
+    target, host = case
+    client = await connect(await serve(fast_lane=fast_lane))
+    await client.send(request("GET", target, host="proxy.test"))
+    assert (await client.read_response()).status == 200
+    seen = upstream.received[0]
+    assert (seen.target, seen.header("Host")) == (b"/echo?a=1", host)
+    assert seen.header("X-Forwarded-Host") == host
+
+
+@BOTH_PATHS
+async def test_an_absolute_form_target_with_user_info_is_refused(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+) -> None:
+    client = await connect(await serve(fast_lane=fast_lane))
+    await client.send(request("GET", "http://user@other.example/echo", host="proxy.test"))
+    assert (await client.read_response()).status == 400
+    assert upstream.received == []
