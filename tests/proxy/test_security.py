@@ -658,3 +658,83 @@ async def test_an_absolute_form_target_with_user_info_is_refused(
     await client.send(request("GET", "http://user@other.example/echo", host="proxy.test"))
     assert (await client.read_response()).status == 400
     assert upstream.received == []
+
+
+# --- the probe's corpus: the upstream sees exactly what the proxy answered ---------
+
+_H = b"Host: proxy.test\r\n"
+_SMUGGLED = b"GET /smuggled HTTP/1.1\r\n" + _H + b"\r\n"
+CORPUS = {
+    "cl-te": b"POST /a HTTP/1.1\r\n"
+    + _H
+    + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+    "te-cl": b"POST /a HTTP/1.1\r\n"
+    + _H
+    + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5c\r\n"
+    + _SMUGGLED
+    + b"\r\n0\r\n\r\n",
+    "two-lengths": b"POST /a HTTP/1.1\r\n"
+    + _H
+    + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "plus-length": b"POST /a HTTP/1.1\r\n" + _H + b"Content-Length: +5\r\n\r\nhello",
+    "te-xchunked": b"POST /a HTTP/1.1\r\n" + _H + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "te-space-before-colon": b"POST /a HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    "te-twice": b"POST /a HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+    "te-empty-and-length": b"POST /a HTTP/1.1\r\n"
+    + _H
+    + b"Transfer-Encoding:\r\nContent-Length: 5\r\n\r\nhello",
+    "obs-fold": b"GET /a HTTP/1.1\r\n" + _H + b"X-Folded: a\r\n b\r\n\r\n",
+    "bare-lf": b"GET /a HTTP/1.1\n" + _H.replace(b"\r\n", b"\n") + b"\n",
+    "nul-in-target": b"GET /a\x00b HTTP/1.1\r\n" + _H + b"\r\n",
+    "pipelined": b"GET /a HTTP/1.1\r\n" + _H + b"\r\nGET /b HTTP/1.1\r\n" + _H + b"\r\n",
+    "body-then-pipelined": b"POST /a HTTP/1.1\r\n"
+    + _H
+    + b"Content-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\n"
+    + _H
+    + b"\r\n",
+    "h2c-then-request": b"GET /a HTTP/1.1\r\n"
+    + _H
+    + b"Connection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    + _SMUGGLED,
+    "expect-weird": b"POST /a HTTP/1.1\r\n"
+    + _H
+    + b"Expect: x-weird\r\nContent-Length: 5\r\n\r\nhello",
+    "absolute-form": b"GET http://other.example/a HTTP/1.1\r\n" + _H + b"\r\n",
+    "host-list": b"GET /a HTTP/1.1\r\nHost: proxy.test, other.example\r\n\r\n",
+    "two-hosts": b"GET /a HTTP/1.1\r\n" + _H + b"Host: other.example\r\n\r\n",
+    "underscore-length": b"GET /a HTTP/1.1\r\n" + _H + b"Content_Length: 5\r\n\r\nhello",
+}
+
+
+async def _answers(client: RawClient) -> list[int]:
+    """The statuses of every answer until the connection closes or goes quiet."""
+    statuses: list[int] = []
+    while True:
+        try:
+            response = await asyncio.wait_for(client.read_response(), 0.5)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            return statuses
+        statuses.append(response.status)
+
+
+@BOTH_PATHS
+@pytest.mark.parametrize("case", sorted(CORPUS))
+async def test_the_upstream_sees_exactly_the_requests_the_proxy_answered(
+    serve: Callable[..., Awaitable[int]],
+    connect: Callable[[int], Awaitable[RawClient]],
+    upstream: EchoUpstream,
+    fast_lane: bool,
+    case: str,
+) -> None:
+    client = await connect(await serve(fast_lane=fast_lane))
+    await client.send(CORPUS[case])
+    statuses = await _answers(client)
+    relayed = [s for s in statuses if s < 400]
+    # Every relayed answer is one request the upstream saw, no more (a smuggled
+    # request would be seen without an answer of its own), and none smuggled.
+    assert len(upstream.received) == len(relayed), (statuses, upstream.received)
+    assert all(b"smuggled" not in r.target for r in upstream.received)
