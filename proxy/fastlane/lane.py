@@ -43,7 +43,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 
 from proxy.core.answers import REFUSED_METHODS
 from proxy.core.decision import PendingDecision, decide
-from proxy.core.headers import valid_host
+from proxy.core.headers import HOST_VALUE
 from proxy.core.request_ids import request_id_from
 from proxy.core.send_deadline import SendDeadline
 from proxy.fastlane.answer import error_answer
@@ -242,15 +242,20 @@ class FastLane(asyncio.Protocol):
 
     # --- requests ---------------------------------------------------------------
 
-    def _on_bytes(self, data: bytes) -> None:
+    def _on_bytes(self, data: bytes) -> None:  # noqa: C901 - the common case inline, no call
         parser = self._parser
         if parser is None:
             return  # handed over or closed already
-        if not self._raw and data[:1] in _BLANK:
-            data = self._skip_blank_lines(data)
-            if not data:
-                return
-        raw = self._hold(data)
+        raw: bytes | bytearray = self._raw
+        if raw:
+            raw = self._append(raw, data)
+        else:
+            # The common case, a whole head in one read: no copy, no call.
+            if data[:1] in _BLANK:
+                data = self._skip_blank_lines(data)
+                if not data:
+                    return
+            raw = self._raw = data
         try:
             messages, upgraded, _ = parser.feed_data(data)
         except (BadHttpMethod, BadStatusLine):
@@ -275,18 +280,15 @@ class FastLane(asyncio.Protocol):
         if reason is not None:
             self._hand_off(reason)
 
-    def _hold(self, data: bytes) -> bytes | bytearray:
-        """The current request's bytes so far, `data` included."""
-        raw = self._raw
-        if not raw:
-            self._raw = data
-            return data
-        # The rest of a head that came in pieces: appended in place, never
-        # copied whole per read (the parser bounds the head's size).
-        if type(raw) is bytes:
-            raw = self._raw = bytearray(raw)
-        raw += data
-        return raw
+    def _append(self, raw: bytes | bytearray, data: bytes) -> bytearray:
+        """The rest of a head that came in pieces, appended in place.
+
+        Never copied whole per read (the parser bounds the head's size).
+        """
+        buffer = raw if isinstance(raw, bytearray) else bytearray(raw)
+        buffer += data
+        self._raw = buffer
+        return buffer
 
     def _skip_blank_lines(self, data: bytes) -> bytes:
         """`data` without the empty lines before a request line; b"" once they are too many.
@@ -500,8 +502,9 @@ def _handoff_reason(  # noqa: PLR0911 - one reason per check
     if message.path[:1] != "/":
         return "target"
     headers = message.headers
-    if not valid_host(headers.get("Host")):
-        return "host"  # aiohttp's path answers it 400
+    host = headers.get("Host")
+    if host is not None and HOST_VALUE.fullmatch(host) is None:
+        return "host"  # aiohttp's path answers it 400 (`valid_host`)
     if "Upgrade" in headers or "Expect" in headers:
         return "upgrade" if "Upgrade" in headers else "expect"
     if "Via" in headers and proxy.policy.is_loop(headers):
