@@ -109,6 +109,10 @@ class LaneHost:
         self.parser_limits = parser_limits
         self.keepalive_timeout = keepalive_timeout
         self.lanes: set[FastLane] = set()
+        # Host values seen valid: a proxy sees a handful, and a set lookup is a
+        # fraction of the regular expression's cost on every request. Bounded
+        # (`_GOOD_HOSTS_MAX`): Host values are the client's to choose.
+        self.good_hosts: set[str] = set()
 
     def close_all(self) -> None:
         """Stop reading new requests: idle lanes close now, busy ones after their answer."""
@@ -345,7 +349,7 @@ class FastLane(asyncio.Protocol):
 
     def _start(self, message: RawRequestMessage) -> str | None:
         """Relay `message` (`LaneCall`); or say why aiohttp must answer it."""
-        reason = _handoff_reason(message, self._proxy)
+        reason = _handoff_reason(message, self._proxy, self._host.good_hosts)
         if reason is not None:
             return reason
         method = message.method
@@ -489,8 +493,20 @@ class FastLane(asyncio.Protocol):
             handler.data_received(bytes(raw))
 
 
+# How many valid Host values a LaneHost remembers (`LaneHost.good_hosts`).
+_GOOD_HOSTS_MAX: Final = 1024
+
+
+def _good_host(host: str, good_hosts: set[str]) -> bool:
+    if HOST_VALUE.fullmatch(host) is None:
+        return False
+    if len(good_hosts) < _GOOD_HOSTS_MAX:
+        good_hosts.add(host)
+    return True
+
+
 def _handoff_reason(  # noqa: PLR0911 - one reason per check
-    message: RawRequestMessage, proxy: Proxy
+    message: RawRequestMessage, proxy: Proxy, good_hosts: set[str]
 ) -> str | None:
     """Why aiohttp's path must answer `message`, or None when the lane can."""
     if message.version != HttpVersion11:
@@ -503,7 +519,7 @@ def _handoff_reason(  # noqa: PLR0911 - one reason per check
         return "target"
     headers = message.headers
     host = headers.get("Host")
-    if host is not None and HOST_VALUE.fullmatch(host) is None:
+    if host is not None and host not in good_hosts and not _good_host(host, good_hosts):
         return "host"  # aiohttp's path answers it 400 (`valid_host`)
     if "Upgrade" in headers or "Expect" in headers:
         return "upgrade" if "Upgrade" in headers else "expect"
