@@ -823,6 +823,12 @@ CASES: Final = (
         _c_parser_declines_a_non_websocket_upgrade,
         PROTOCOL,
     ),
+    # DeclinedUpgradeGuard forwards the per-request call aiohttp's handler makes.
+    exists(
+        "llhttp-message-consumed",
+        "aiohttp.http_parser.HttpRequestParser.message_consumed",
+        PROTOCOL,
+    ),
     # FastLane._unknown_method tells an extension method by these two exceptions.
     behaves(
         "llhttp-unknown-method",

@@ -111,6 +111,10 @@ class DeclinedUpgradeGuard:
         closing = (message._replace(should_close=True), payload)
         return [*messages[:-1], closing], False, b""
 
+    def message_consumed(self) -> None:
+        """The parser's own; called per request (not through `__getattr__`, which is slow)."""
+        self._parser.message_consumed()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._parser, name)
 
