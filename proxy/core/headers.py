@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOP_BY_HOP",
-    "HOST_VALUE",
     "ForwardingPolicy",
     "Framing",
     "IPNetwork",
@@ -108,14 +107,14 @@ _NO_BODY_STATUSES: Final = frozenset({204, 304})
 # info. A comma (a list of hosts), a path, spaces or an empty value are 400
 # (nginx refuses them too): the upstream and X-Forwarded-Host would read them
 # their own way. `,` is a reg-name character by the grammar but never a host.
-HOST_VALUE: Final = re.compile(
+_HOST_VALUE: Final = re.compile(
     r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+;=%-]+)(?::[0-9]{0,5})?"
 )
 
 
 def valid_host(value: str | None) -> bool:
     """Whether a request's `Host` value names one host (and port); None (absent) is allowed."""
-    return value is None or HOST_VALUE.fullmatch(value) is not None
+    return value is None or _HOST_VALUE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -43,7 +43,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 
 from proxy.core.answers import REFUSED_METHODS
 from proxy.core.decision import PendingDecision, decide
-from proxy.core.headers import HOST_VALUE
+from proxy.core.headers import valid_host
 from proxy.core.request_ids import request_id_from
 from proxy.core.send_deadline import SendDeadline
 from proxy.fastlane.answer import error_answer
@@ -498,7 +498,7 @@ _GOOD_HOSTS_MAX: Final = 1024
 
 
 def _good_host(host: str, good_hosts: set[str]) -> bool:
-    if HOST_VALUE.fullmatch(host) is None:
+    if not valid_host(host):
         return False
     if len(good_hosts) < _GOOD_HOSTS_MAX:
         good_hosts.add(host)

@@ -25,7 +25,7 @@ from proxy.core.headers import request_id_from, upstream_request_headers
 from proxy.core.send_deadline import set_send_timeout
 from proxy.core.state import CLIENT_CLOSED
 from proxy.routing.model import NEW, Upstream
-from proxy.upstream.limits import body_limits, route_timeout, send_timeout
+from proxy.upstream.limits import route_timeout, send_timeout
 from proxy.webpath.relay import forward
 from proxy.webpath.responses import (
     BodyCounter,
@@ -143,7 +143,7 @@ class WebPath:
                 policy=proxy.policy,
                 request_id=call.rid,
                 client_timeout=route_timeout(call.route, upstream),
-                body_limits=body_limits(call.route, upstream),
+                route=call.route,
             )
         finally:
             proxy.pools.release(pool)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from proxy.core.headers import response_headers, upstream_request_head
 from proxy.upstream.failures import UPSTREAM_FAILURES
-from proxy.upstream.limits import ClientBodyTimeout
+from proxy.upstream.limits import ClientBodyTimeout, body_limits
 from proxy.webpath.body import take_body
 from proxy.webpath.responses import (
     ErrorResponse,
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from aiohttp.streams import StreamReader
 
     from proxy.core.headers import ForwardingPolicy
+    from proxy.routing.model import Route
     from proxy.upstream.exchange import RequestBody
     from proxy.upstream.pools import UpstreamPool
 
@@ -47,13 +48,13 @@ async def forward(
     policy: ForwardingPolicy,
     request_id: str,
     client_timeout: aiohttp.ClientTimeout | None = None,
-    body_limits: tuple[int, float] = (0, 60.0),
+    route: Route | None = None,
 ) -> web.StreamResponse:
     """Send `request` to the upstream of `pool` and stream the answer back.
 
     `target` is the raw request target (path and query, undecoded) to send
-    upstream. `body_limits` are the request buffering size and the client
-    body timeout (`proxy.webpath.body`). Returns a prepared and finished
+    upstream. A body is taken by the route's (else the upstream's) request
+    buffering and client body timeout (`proxy.webpath.body`). Returns a prepared and finished
     `PassThroughResponse`, or an unprepared `ErrorResponse` when the upstream
     could not answer (or the client's body timed out: 408).
 
@@ -74,7 +75,7 @@ async def forward(
     )
     timeout = client_timeout or pool.timeout
     try:
-        body = await _take_body(request, body_limits) if has_body else None
+        body = await _take_body(request, body_limits(route, pool.upstream)) if has_body else None
         exchange = await pool.client.request(
             method,
             head,

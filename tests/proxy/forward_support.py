@@ -18,7 +18,7 @@ from proxy.serving.protocol import ProxyAppRunner
 from tests.proxy.echo_upstream import EchoUpstream
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 
 TIMEOUT = 10.0
@@ -195,6 +195,21 @@ async def serve_proxy(app: web.Application) -> tuple[ProxyAppRunner, int]:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     port: int = runner.addresses[0][1]
     return runner, port
+
+
+@pytest.fixture
+async def client_of() -> AsyncIterator[Callable[[int], Awaitable[RawClient]]]:
+    """Opens raw client connections to a port; all are closed after the test."""
+    clients: list[RawClient] = []
+
+    async def connect(port: int) -> RawClient:
+        client = await RawClient.connect(port)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        await client.close()
 
 
 @pytest.fixture

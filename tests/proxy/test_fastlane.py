@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 # The shared fixture of the forwarding tests.
 upstream = forward_support.upstream
+client_of = forward_support.client_of
 
 _HANDOFF = re.compile(
     rb'^club_proxy_fast_lane_handoffs_total\{reason="([^"]+)"\} (\S+)$', re.MULTILINE
@@ -114,20 +115,6 @@ async def other() -> AsyncIterator[EchoUpstream]:
     echo = await EchoUpstream().start()
     yield echo
     await echo.close()
-
-
-@pytest.fixture
-async def client_of() -> AsyncIterator[Callable[[int], Awaitable[RawClient]]]:
-    clients: list[RawClient] = []
-
-    async def connect(port: int) -> RawClient:
-        client = await RawClient.connect(port)
-        clients.append(client)
-        return client
-
-    yield connect
-    for client in clients:
-        await client.close()
 
 
 def handoffs(app: web.Application) -> dict[str, float]:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from tests.proxy.echo_upstream import EchoUpstream
 
 upstream = forward_support.upstream
+client_of = forward_support.client_of
 
 BOTH_PATHS = pytest.mark.parametrize("fast_lane", [True, False], ids=["fast-lane", "aiohttp-path"])
 
@@ -64,17 +65,11 @@ async def serve(
 
 
 @pytest.fixture
-async def connect() -> AsyncIterator[Callable[[int], Awaitable[RawClient]]]:
-    clients: list[RawClient] = []
-
-    async def open_client(port: int) -> RawClient:
-        client = await RawClient.connect(port)
-        clients.append(client)
-        return client
-
-    yield open_client
-    for client in clients:
-        await client.close()
+def connect(
+    client_of: Callable[[int], Awaitable[RawClient]],
+) -> Callable[[int], Awaitable[RawClient]]:
+    """Raw client connections to a port, closed after the test."""
+    return client_of
 
 
 # --- 1. empty lines before a request ---------------------------------------------
