@@ -24,10 +24,13 @@ __all__ = [
     "NewTarget",
     "Route",
     "RouteMatch",
+    "Shadow",
+    "ShadowStore",
     "Sticky",
     "StickyKind",
     "Timeouts",
     "Upstream",
+    "Verdict",
 ]
 
 # The target name of the new side; every other target names an upstream.
@@ -92,6 +95,47 @@ class Canary:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """When a shadowed route is ready: `min_match` of at least `min_requests` compared."""
+
+    min_requests: int = 1000
+    min_match: float = 0.999
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shadow:
+    """Copy `sample` of a route's safe requests to `to` and compare the answers.
+
+    `ignore_headers` are lower-case names added to the engine's defaults;
+    `ignore_json`, `unordered` and `redact_json` are JSON path patterns
+    (`proxy.shadow.model.CompareRules`); `noise` is the share of copied
+    requests also sent to the primary a second time (Diffy's secondary).
+    """
+
+    to: str
+    sample: float = 1.0
+    sticky: Sticky | None = None
+    ignore_headers: frozenset[str] = frozenset()
+    ignore_json: tuple[str, ...] = ()
+    unordered: tuple[str, ...] = ()
+    noise: float = 0.1
+    max_body: int = 1024 * 1024
+    timeout: float = 5.0
+    verdict: Verdict = field(default_factory=Verdict)
+    redact_headers: frozenset[str] = frozenset()
+    redact_json: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowStore:
+    """The PostgreSQL where shadow results of every replica go (`shadow_store:`)."""
+
+    dsn: str
+    retention: float = 14 * 86400.0  # seconds a difference group is kept after it was last seen
+    flush_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Timeouts:
     """Per-route overrides of the upstream timeouts (None: the upstream's own)."""
 
@@ -111,6 +155,7 @@ class Route:
     timeouts: Timeouts = field(default_factory=Timeouts)
     # Overrides the upstream's `request_buffering` (0: stream every body).
     request_buffering: int | None = None
+    shadow: Shadow | None = None
     line: int = 0  # where the route starts in routes.yaml, for messages
 
 
