@@ -18,15 +18,19 @@ from proxy.errors import RoutesError
 from proxy.routing._matcher import Matcher
 from proxy.routing._paths import Pattern, parse_pattern
 from proxy.routing._yaml import Node, compose
+from proxy.routing.jsonpath import parse_json_path
 from proxy.routing.model import (
     NEW,
     Canary,
     NewTarget,
     Route,
+    Shadow,
+    ShadowStore,
     Sticky,
     StickyKind,
     Timeouts,
     Upstream,
+    Verdict,
 )
 
 if TYPE_CHECKING:
@@ -39,9 +43,8 @@ SCHEMA_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _MATCH = re.compile(r"(?:(?P<methods>[^/]*?)\s+)?(?P<path>/\S*)")
-_NOT_YET = {
-    "shadow": "'shadow' is not supported yet (it is the next feature): remove it for now",
-}
+# The methods a copy may repeat: a copy of anything else would write twice.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,12 +56,13 @@ class Document:
     default: str
     routes: tuple[Route, ...]
     matcher: Matcher
+    shadow_store: ShadowStore | None = None
 
 
 def parse_document(data: bytes, source: Path) -> Document:
     """Validate routes.yaml content read from `source` (which anchors relative paths)."""
     top = compose(data, source).mapping(
-        required=("version", "upstreams", "default"), optional=("new", "routes")
+        required=("version", "upstreams", "default"), optional=("new", "routes", "shadow_store")
     )
     errors: list[RoutesError] = []
     with _collect(errors):
@@ -80,6 +84,10 @@ def parse_document(data: bytes, source: Path) -> Document:
     matcher = None
     with _collect(errors):
         matcher = Matcher.build(routes, default=default, path=source)
+    store = None
+    if "shadow_store" in top:
+        with _collect(errors):
+            store = _shadow_store(top["shadow_store"])
     if errors or matcher is None:
         raise RoutesError.collect(errors)
     return Document(
@@ -88,6 +96,7 @@ def parse_document(data: bytes, source: Path) -> Document:
         default=default,
         routes=tuple(route for _, route, _ in routes),
         matcher=matcher,
+        shadow_store=store,
     )
 
 
@@ -228,8 +237,7 @@ def _routes(
 def _route(node: Node, targets: _Targets) -> tuple[Route, Pattern]:
     spec = node.mapping(
         required=("id", "match", "to"),
-        optional=("canary", "timeouts", "request_buffering"),
-        rejected=_NOT_YET,
+        optional=("canary", "timeouts", "request_buffering", "shadow"),
     )
     route_id = spec["id"].string()
     if not _NAME.fullmatch(route_id):
@@ -240,6 +248,7 @@ def _route(node: Node, targets: _Targets) -> tuple[Route, Pattern]:
     canary = _canary(spec["canary"], to, targets) if "canary" in spec else None
     timeouts = _timeouts(spec["timeouts"]) if "timeouts" in spec else Timeouts()
     buffering = _buffering(spec["request_buffering"]) if "request_buffering" in spec else None
+    shadow = _shadow(spec["shadow"], to, methods, targets) if "shadow" in spec else None
     route = Route(
         id=route_id,
         methods=methods,
@@ -248,6 +257,7 @@ def _route(node: Node, targets: _Targets) -> tuple[Route, Pattern]:
         canary=canary,
         timeouts=timeouts,
         request_buffering=buffering,
+        shadow=shadow,
         line=node.line,
     )
     return route, pattern
@@ -306,3 +316,153 @@ def _buffering(node: Node) -> int:
     if node.is_false():
         return 0
     return node.size()
+
+
+def _shadow(node: Node, to: str, methods: frozenset[str], targets: _Targets) -> Shadow:
+    """A route's `shadow:`; every problem in it is reported, not only the first."""
+    spec = node.mapping(
+        required=("to",),
+        optional=(
+            "sample",
+            "sticky",
+            "ignore",
+            "unordered",
+            "noise",
+            "max_body",
+            "timeout",
+            "verdict",
+            "redact",
+        ),
+    )
+    errors: list[RoutesError] = []
+    kwargs: dict[str, Any] = {}
+    with _collect(errors):
+        kwargs["to"] = shadow_to = targets.check(spec["to"])
+        if shadow_to == to:
+            msg = f"the shadow goes to {to!r}, the same target as the route"
+            raise spec["to"].error(msg)
+    if methods and not methods & SAFE_METHODS:
+        with _collect(errors):
+            listed = ", ".join(sorted(methods))
+            msg = f"the route matches only {listed}: only GET, HEAD and OPTIONS are shadowed"
+            raise node.error(msg)
+    for key, parse in _SHADOW_KEYS.items():
+        if key in spec:
+            with _collect(errors):
+                kwargs.update(parse(spec[key]))
+    if errors:
+        raise RoutesError.collect(errors)
+    return Shadow(**kwargs)
+
+
+def _share(key: str) -> Any:
+    def parse(node: Node) -> dict[str, float]:
+        value = node.number()
+        if not 0.0 <= value <= 1.0:
+            msg = f"{key} must be between 0 and 1, not {value}"
+            raise node.error(msg)
+        return {key: value}
+
+    return parse
+
+
+def _json_paths(node: Node) -> tuple[str, ...]:
+    paths: list[str] = []
+    errors: list[RoutesError] = []
+    for item in node.sequence():
+        with _collect(errors):
+            text = item.string()
+            try:
+                parse_json_path(text)
+            except ValueError as exc:
+                raise item.error(str(exc)) from exc
+            paths.append(text)
+    if errors:
+        raise RoutesError.collect(errors)
+    return tuple(paths)
+
+
+def _header_names(node: Node) -> frozenset[str]:
+    names: set[str] = set()
+    errors: list[RoutesError] = []
+    for item in node.sequence():
+        with _collect(errors):
+            name = item.string()
+            if not _TOKEN.fullmatch(name):
+                msg = f"invalid header name {name!r}"
+                raise item.error(msg)
+            names.add(name.lower())
+    if errors:
+        raise RoutesError.collect(errors)
+    return frozenset(names)
+
+
+def _ignore(node: Node) -> dict[str, Any]:
+    spec = node.mapping(optional=("headers", "json"))
+    errors: list[RoutesError] = []
+    found: dict[str, Any] = {}
+    with _collect(errors):
+        if "headers" in spec:
+            found["ignore_headers"] = _header_names(spec["headers"])
+    with _collect(errors):
+        if "json" in spec:
+            found["ignore_json"] = _json_paths(spec["json"])
+    if errors:
+        raise RoutesError.collect(errors)
+    return found
+
+
+def _redact(node: Node) -> dict[str, Any]:
+    spec = node.mapping(optional=("headers", "json"))
+    errors: list[RoutesError] = []
+    found: dict[str, Any] = {}
+    with _collect(errors):
+        if "headers" in spec:
+            found["redact_headers"] = _header_names(spec["headers"])
+    with _collect(errors):
+        if "json" in spec:
+            found["redact_json"] = _json_paths(spec["json"])
+    if errors:
+        raise RoutesError.collect(errors)
+    return found
+
+
+def _verdict(node: Node) -> dict[str, Verdict]:
+    spec = node.mapping(optional=("min_requests", "min_match"))
+    errors: list[RoutesError] = []
+    kwargs: dict[str, Any] = {}
+    with _collect(errors):
+        if "min_requests" in spec:
+            kwargs["min_requests"] = _positive_int(spec["min_requests"])
+    with _collect(errors):
+        if "min_match" in spec:
+            kwargs.update(_share("min_match")(spec["min_match"]))
+    if errors:
+        raise RoutesError.collect(errors)
+    return {"verdict": Verdict(**kwargs)}
+
+
+_SHADOW_KEYS: dict[str, Any] = {
+    "sample": _share("sample"),
+    "sticky": lambda node: {"sticky": _sticky(node)},
+    "ignore": _ignore,
+    "unordered": lambda node: {"unordered": _json_paths(node)},
+    "noise": _share("noise"),
+    "max_body": lambda node: {"max_body": node.size()},
+    "timeout": lambda node: {"timeout": node.duration()},
+    "verdict": _verdict,
+    "redact": _redact,
+}
+
+
+def _shadow_store(node: Node) -> ShadowStore:
+    spec = node.mapping(required=("dsn",), optional=("retention", "flush_interval"))
+    dsn = spec["dsn"].string()
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        msg = "dsn must be a postgresql:// URL"
+        raise spec["dsn"].error(msg)
+    kwargs: dict[str, Any] = {"dsn": dsn}
+    for key in ("retention", "flush_interval"):
+        if key in spec:
+            kwargs[key] = spec[key].duration()
+    return ShadowStore(**kwargs)

@@ -29,8 +29,8 @@ _FLOAT = "tag:yaml.org,2002:float"
 _BOOL = "tag:yaml.org,2002:bool"
 _NULL = "tag:yaml.org,2002:null"
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?")
 _SIZE_UNITS = {
     None: 1,
@@ -150,7 +150,7 @@ class Node:
         return float(value)
 
     def duration(self) -> float:
-        """Seconds from ``2s``, ``500ms``, ``1.5m``, ``1h`` or a bare number of seconds."""
+        """Seconds from ``2s``, ``500ms``, ``1.5m``, ``1h``, ``14d`` or a bare number of seconds."""
         if self.raw.tag in {_INT, _FLOAT}:
             seconds = self.number()
         else:

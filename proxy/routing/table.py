@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from yarl import URL
+
 from proxy.errors import RoutesError
 from proxy.routing._schema import SCHEMA_VERSION, parse_document
 from proxy.routing.model import NEW
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from proxy.routing._matcher import Matcher
-    from proxy.routing.model import NewTarget, Route, RouteMatch, Upstream
+    from proxy.routing.model import NewTarget, Route, RouteMatch, Shadow, ShadowStore, Upstream
 
 __all__ = ["RouteTable", "load_routes", "parse_routes"]
 
@@ -39,6 +41,7 @@ class RouteTable:
     source: Path
     digest: str  # sha256 hex of the file bytes
     _matcher: Matcher = field(repr=False, compare=False)
+    shadow_store: ShadowStore | None = None
 
     def match(self, method: str, raw_path: str) -> RouteMatch:
         """Route a request: `raw_path` is ``request.raw_path`` without the query."""
@@ -52,9 +55,16 @@ class RouteTable:
     def uses_new(self) -> bool:
         """Some request can reach `new`: a route, a canary share or the default."""
         return self.default == NEW or any(
-            route.to == NEW or (route.canary is not None and route.canary.to == NEW)
+            route.to == NEW
+            or (route.canary is not None and route.canary.to == NEW)
+            or (route.shadow is not None and route.shadow.to == NEW)
             for route in self.routes
         )
+
+    @property
+    def shadows(self) -> dict[str, Shadow]:
+        """Route id -> its `shadow:`, for the shadowed routes."""
+        return {route.id: route.shadow for route in self.routes if route.shadow is not None}
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (for the admin API)."""
@@ -66,6 +76,7 @@ class RouteTable:
             "upstreams": {name: str(up.url) for name, up in self.upstreams.items()},
             "new": _describe_new(self.new),
             "routes": [_describe_route(route) for route in self.routes],
+            "shadow_store": _describe_store(self.shadow_store),
         }
 
 
@@ -91,6 +102,7 @@ def parse_routes(data: bytes, source: Path) -> RouteTable:
         source=source,
         digest=hashlib.sha256(data).hexdigest(),
         _matcher=document.matcher,
+        shadow_store=document.shadow_store,
     )
 
 
@@ -120,4 +132,34 @@ def _describe_route(route: Route) -> dict[str, Any]:
         "send": timeouts.send,
     }
     described["request_buffering"] = route.request_buffering
+    if (shadow := route.shadow) is not None:
+        described["shadow"] = _describe_shadow(shadow)
     return described
+
+
+def _describe_shadow(shadow: Shadow) -> dict[str, Any]:
+    sticky = shadow.sticky
+    return {
+        "to": shadow.to,
+        "sample": shadow.sample,
+        "sticky": f"{sticky.kind.value}:{sticky.name}" if sticky else None,
+        "ignore": {"headers": sorted(shadow.ignore_headers), "json": list(shadow.ignore_json)},
+        "unordered": list(shadow.unordered),
+        "noise": shadow.noise,
+        "max_body": shadow.max_body,
+        "timeout": shadow.timeout,
+        "verdict": {
+            "min_requests": shadow.verdict.min_requests,
+            "min_match": shadow.verdict.min_match,
+        },
+        "redact": {"headers": sorted(shadow.redact_headers), "json": list(shadow.redact_json)},
+    }
+
+
+def _describe_store(store: ShadowStore | None) -> dict[str, Any] | None:
+    if store is None:
+        return None
+    # Never the password: the admin API is read by people who need no credential.
+    dsn = URL(store.dsn)
+    shown = str(dsn.with_password("***")) if dsn.password else store.dsn
+    return {"dsn": shown, "retention": store.retention, "flush_interval": store.flush_interval}

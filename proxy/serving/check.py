@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-    from proxy.routing.model import NewTarget
+    from proxy.routing.model import NewTarget, Route
 
 __all__ = [
     "CheckReport",
@@ -86,11 +86,20 @@ def handler_errors(table: RouteTable, app: web.Application) -> list[str]:
     index = {route.id: i for i, route in enumerate(table.routes)}
     return [
         f"{table.source}:{route.line}: routes[{index[route.id]}]."
-        f"{'to' if route.to == NEW else 'canary.to'}: route {route.id!r} sends "
+        f"{_new_key(route)}: route {route.id!r} sends "
         f"{method or 'every method'} {route.path} to new, but the new app "
         f"({spec}) has no handler for it"
         for route, method in unhandled_new_routes(app, table.routes)
     ]
+
+
+def _new_key(route: Route) -> str:
+    """The key of `route` that sends traffic to `new`."""
+    if route.to == NEW:
+        return "to"
+    if route.canary is not None and route.canary.to == NEW:
+        return "canary.to"
+    return "shadow.to"
 
 
 def reload_errors(

@@ -100,7 +100,7 @@ def unhandled_new_routes(
     """(route, method) pairs that go to `new` but have no handler there (method None: any)."""
     missing: list[tuple[Route, str | None]] = []
     for route in routes:
-        if route.to != NEW and (route.canary is None or route.canary.to != NEW):
+        if NEW not in _route_targets(route):
             continue
         samples = _sample_paths(route.path)
         if not route.methods:
@@ -113,6 +113,15 @@ def unhandled_new_routes(
             if not any(_handled(app, path, method) for path in samples)
         )
     return missing
+
+
+def _route_targets(route: Route) -> set[str]:
+    targets = {route.to}
+    if route.canary is not None:
+        targets.add(route.canary.to)
+    if route.shadow is not None:
+        targets.add(route.shadow.to)
+    return targets
 
 
 def missing_new_routes(app: web.Application, routes: Iterable[Route]) -> list[str]:

@@ -138,7 +138,7 @@ def test_invalid_file_lists_every_problem(tmp_path: Path) -> None:
         tmp_path,
         """\
         - {id: a, match: "GET /a", to: nowhere}
-        - {id: b, match: "GET /b", to: legacy, shadow: {to: new}}
+        - {id: b, match: "GET /b", to: legacy, shadow: {to: legacy}}
         """,
     )
     problems = check_routes(path)

@@ -128,6 +128,94 @@ def test_upstream_defaults_and_new_url(tmp_path: Path) -> None:
     assert table.uses_new  # through the default
 
 
+def test_shadow_values_and_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEADER
+        + """\
+routes:
+  - id: events
+    match: "GET /api/events"
+    to: legacy
+    shadow:
+      to: new
+      sample: 0.2
+      sticky: "header:Authorization"
+      ignore: {headers: [X-Trace], json: ["$.items[*].updated_at", "$..etag"]}
+      unordered: ["$.items"]
+      noise: 0.05
+      max_body: 64KiB
+      timeout: 1500ms
+      verdict: {min_requests: 50, min_match: 0.99}
+      redact: {headers: [X-Api-Key], json: ["$.email"]}
+  - {id: users, match: "GET /api/users/{id}", to: new, shadow: {to: legacy}}
+shadow_store: {dsn: "postgresql://app:secret@127.0.0.1/shadow", retention: 2d}
+""",
+    )
+    table = load_routes(path)
+    events, users = (route.shadow for route in table.routes)
+    assert events is not None
+    assert users is not None
+    assert (events.to, events.sample, events.noise, events.max_body, events.timeout) == (
+        NEW,
+        0.2,
+        0.05,
+        64 * 1024,
+        1.5,
+    )
+    assert events.sticky is not None
+    assert (events.sticky.kind, events.sticky.name) == (StickyKind.HEADER, "Authorization")
+    assert events.ignore_headers == {"x-trace"}
+    assert events.ignore_json == ("$.items[*].updated_at", "$..etag")
+    assert events.unordered == ("$.items",)
+    assert (events.verdict.min_requests, events.verdict.min_match) == (50, 0.99)
+    assert (events.redact_headers, events.redact_json) == ({"x-api-key"}, ("$.email",))
+    # The reverse shadow of a cut-over route, with every default.
+    assert (users.to, users.sample, users.noise, users.max_body, users.timeout) == (
+        "legacy",
+        1.0,
+        0.1,
+        1024 * 1024,
+        5.0,
+    )
+    assert table.shadows == {"events": events, "users": users}
+    assert table.shadow_store is not None
+    assert table.shadow_store.retention == 2 * 86400
+    described = table.as_dict()
+    assert described["shadow_store"]["dsn"] == "postgresql://app:***@127.0.0.1/shadow"
+    assert described["routes"][0]["shadow"]["ignore"]["json"] == list(events.ignore_json)
+
+
+def test_every_problem_in_one_shadow_is_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEADER
+        + """\
+routes:
+  - id: events
+    match: "GET /api/events"
+    to: legacy
+    shadow:
+      to: neww
+      sample: 1.5
+      sticky: "hdr:Authorization"
+      ignore: {json: ["items", "$.ok"]}
+      verdict: {min_requests: 0, min_match: 2}
+""",
+    )
+    with pytest.raises(RoutesError) as info:
+        load_routes(path)
+    keys = [error.key for error in info.value.errors]
+    assert keys == [
+        "routes[0].shadow.to",
+        "routes[0].shadow.sample",
+        "routes[0].shadow.sticky",
+        "routes[0].shadow.ignore.json[0]",
+        "routes[0].shadow.verdict.min_requests",
+        "routes[0].shadow.verdict.min_match",
+    ]
+
+
 def test_table_is_immutable(tmp_path: Path) -> None:
     table = table_with(tmp_path, '  - {id: a, match: "GET /a", to: legacy}\n')
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -157,11 +245,53 @@ def test_repo_routes_yaml_loads() -> None:
 ERROR_CASES = [
     # (routes section or whole file, line, key, text in the message)
     pytest.param(
-        '  - {id: a, match: "GET /a", to: legacy, shadow: {to: new}}\n',
+        '  - {id: a, match: "GET /a", to: legacy, shadow: {to: legacy}}\n',
+        8,
+        "routes[0].shadow.to",
+        "same target as the route",
+        id="shadow-to-itself",
+    ),
+    pytest.param(
+        '  - {id: a, match: "GET /a", to: legacy, shadow: {to: nope}}\n',
+        8,
+        "routes[0].shadow.to",
+        "unknown target 'nope'",
+        id="shadow-unknown-target",
+    ),
+    pytest.param(
+        '  - {id: a, match: "POST /a", to: legacy, shadow: {to: new}}\n',
         8,
         "routes[0].shadow",
-        "'shadow' is not supported yet",
-        id="shadow-rejected",
+        "only GET, HEAD and OPTIONS are shadowed",
+        id="shadow-writes-only",
+    ),
+    pytest.param(
+        '  - {id: a, match: "GET /a", to: legacy, shadow: {to: new, sample: 2}}\n',
+        8,
+        "routes[0].shadow.sample",
+        "between 0 and 1",
+        id="shadow-sample-range",
+    ),
+    pytest.param(
+        '  - {id: a, match: "GET /a", to: legacy, shadow: {to: new, ignore: {json: ["items"]}}}\n',
+        8,
+        "routes[0].shadow.ignore.json[0]",
+        "must start with '$'",
+        id="shadow-json-path",
+    ),
+    pytest.param(
+        '  - {id: a, match: "GET /a", to: legacy, shadow: {to: new, timeout: 0s}}\n',
+        8,
+        "routes[0].shadow.timeout",
+        "positive duration",
+        id="shadow-timeout-zero",
+    ),
+    pytest.param(
+        '  - {id: a, match: "GET /a", to: legacy, shadow: {to: new, mirror: 1}}\n',
+        8,
+        "routes[0].shadow.mirror",
+        "",
+        id="shadow-unknown-key",
     ),
     pytest.param(
         '  - {id: a, match: "GET /a", to: legacy, priority: 2}\n',
