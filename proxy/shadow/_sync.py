@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 STORE_WAIT: Final = 2.0
 # Writes while the store is down back off up to this.
 MAX_RETRY_DELAY: Final = 10.0
+# A flush_interval of 0 must not spin the loop.
+MIN_INTERVAL: Final = 0.01
 
 
 class StoreLink:
@@ -122,7 +124,7 @@ class StoreLink:
 
     async def _run(self) -> None:
         """Write every `flush_interval`; back off while the store is down."""
-        interval = self._config.flush_interval
+        interval = max(self._config.flush_interval, MIN_INTERVAL)
         delay = interval
         while True:
             await asyncio.sleep(delay)

@@ -8,6 +8,7 @@ closed port, or the test database refusing connections
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -181,6 +182,22 @@ async def test_an_unreachable_store_at_start(
     assert caplog.messages.count("proxy.shadow.store_unavailable") == 1
 
 
+@contextlib.asynccontextmanager
+async def outage(pg_dsn: str, pg_server_dsn: str) -> AsyncIterator[None]:
+    """The test database refuses connections and its sessions are ended, for the block."""
+    database = urlsplit(pg_dsn).path.lstrip("/")
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
+        )
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
 async def test_an_outage_mid_run_loses_no_count(
     pg_dsn: str, pg_server_dsn: str, books: Books, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -189,25 +206,16 @@ async def test_an_outage_mid_run_loses_no_count(
     book.compared(ROUTE, [], None, example)
     await report(book)
 
-    database = urlsplit(pg_dsn).path.lstrip("/")
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
-        )
+    async with outage(pg_dsn, pg_server_dsn):
         for _ in range(3):
             book.compared(ROUTE, [change("$.a")], None, example)
         for n in range(MAX_PENDING_EXAMPLES + 10):  # more examples than are kept while down
             book.compared(ROUTE, [change(f"$.b{n}")], None, example)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # several failed writes in the background
         down = await report(book, ok=False)
         assert (down["matched"], down["mismatched"]) == (1, 3 + MAX_PENDING_EXAMPLES + 10)
         # $.a wants an example per request (its first slots), each $.bN one: past the bound, dropped.
-        assert down["examples_dropped"] == 3 + MAX_PENDING_EXAMPLES + 10 - MAX_PENDING_EXAMPLES
-    finally:
-        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        await admin.close()
+        assert down["examples_dropped"] == 13
 
     sql = "SELECT n FROM club_proxy_shadow.outcomes WHERE route_id = $1 AND outcome = 'mismatch'"
     async with asyncio.timeout(WAIT):  # written by the background task once the store is back
@@ -218,6 +226,36 @@ async def test_an_outage_mid_run_loses_no_count(
     assert sum(len(g["examples"]) for g in back["differences"]) == MAX_PENDING_EXAMPLES
     assert caplog.messages.count("proxy.shadow.store_unavailable") == 1
     assert caplog.messages.count("proxy.shadow.store_back") == 1
+
+
+async def test_a_reset_during_an_outage_is_done_when_the_store_is_back(
+    pg_dsn: str, pg_server_dsn: str, store: ShadowStore, books: Books
+) -> None:
+    book = await books.open(store)
+    book.compared(ROUTE, [change("$.a")], None, example)
+    await report(book)
+    async with outage(pg_dsn, pg_server_dsn):
+        assert await book.reset(ROUTE) is True
+        book.compared(ROUTE, [], None, example)  # after the reset: kept
+    found = await report(book)
+    assert (found["matched"], found["mismatched"], found["differences"]) == (1, 0, [])
+
+
+async def test_a_schema_dropped_under_the_book_is_migrated_again(
+    store: ShadowStore, books: Books
+) -> None:
+    book = await books.open(store)
+    book.compared(ROUTE, [], None, example)
+    await report(book)
+    conn = await asyncpg.connect(store.dsn)
+    try:
+        await conn.execute("DROP SCHEMA club_proxy_shadow CASCADE")
+    finally:
+        await conn.close()
+    book.compared(ROUTE, [], None, example)
+    await report(book, ok=False)  # this write finds no table, and the next one migrates first
+    found = await report(book)
+    assert found["matched"] == 1  # what was stored is gone with the schema; nothing since is lost
 
 
 async def test_migrations_apply_once(pg_dsn: str) -> None:
