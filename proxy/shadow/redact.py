@@ -32,17 +32,20 @@ from proxy.shadow._bodies import (
     media_type,
     parse_json,
 )
-from proxy.shadow._jsonpath import PathMatcher
+from proxy.shadow._jsonpath import PathMatcher, parse_json_path
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from proxy.shadow._jsonpath import PathState
-    from proxy.shadow.model import Answer
+    from proxy.shadow.model import Answer, Difference
 
 __all__ = [
     "ALWAYS_MASKED",
     "mask",
     "mask_header",
     "redact_answer",
+    "redact_differences",
     "redact_headers",
     "redact_json_body",
 ]
@@ -177,3 +180,48 @@ def redact_answer(answer: Answer, headers: frozenset[str], json_paths: tuple[str
         if name.lower() != "content-encoding"
     )
     return dataclasses.replace(answer, headers=framed, body=redacted)
+
+
+def redact_differences(
+    differences: Iterable[Difference], headers: frozenset[str], json_paths: tuple[str, ...]
+) -> tuple[Difference, ...]:
+    """`differences` with the values masked where they may show a redacted value.
+
+    The engine does not know the redaction rules, so a secret that differs
+    between the sides is rendered in the difference. Masked here: a header in
+    `headers`; a JSON path at or below a `json_paths` match, and one above
+    where a pattern could still match inside the rendered value; with
+    `json_paths`, the `body` previews (a JSON side may be shown there).
+    """
+    names = {name.lower() for name in headers}
+    return tuple(
+        dataclasses.replace(d, primary=_mask_shown(d.primary), candidate=_mask_shown(d.candidate))
+        if _shows_secret(d.path, names, json_paths)
+        else d
+        for d in differences
+    )
+
+
+def _mask_shown(value: str) -> str:
+    return value and mask(value)
+
+
+def _shows_secret(path: str, names: set[str], json_paths: tuple[str, ...]) -> bool:
+    if path.startswith("headers."):
+        return path.removeprefix("headers.") in names
+    if path == "body":
+        return bool(json_paths)
+    if not json_paths or not path.startswith("$"):
+        return False  # `status`, or no JSON redacted
+    try:
+        steps = parse_json_path(path)
+    except ValueError:
+        return True  # not a path the engine renders (a key with both quotes): mask to be safe
+    state = _matcher(json_paths).root
+    for step in steps:
+        if state is None or state.hits:
+            break
+        # `[*]` is the engine's "an element" of an unordered array.
+        state = state.any_index() if step.key is None else state.child(step.key)
+    # Matched at or above the path, or a pattern may still match inside the value.
+    return state is not None

@@ -9,8 +9,14 @@ import re
 
 import pytest
 
-from proxy.shadow.model import Answer
-from proxy.shadow.redact import mask, redact_answer, redact_headers, redact_json_body
+from proxy.shadow.model import Answer, Difference, DiffKind
+from proxy.shadow.redact import (
+    mask,
+    redact_answer,
+    redact_differences,
+    redact_headers,
+    redact_json_body,
+)
 
 MASK = re.compile(r"redacted:[0-9a-f]{12}")
 
@@ -185,3 +191,47 @@ def test_redact_answer_reads_a_gzip_body_and_keeps_it_decoded() -> None:
 def test_redact_answer_keeps_bodies_it_cannot_or_need_not_read(answer: Answer) -> None:
     paths = () if answer.body.startswith(b"{") else ("$.token",)
     assert redact_answer(answer, frozenset(), paths).body is answer.body
+
+
+PATHS = ("$.user.password", "$.cards[*].pan")
+
+DIFFERENCE_CASES = [
+    # at a redacted path
+    ("$.user.password", PATHS, True),
+    # below a redacted path (a match covers its subtree)
+    ("$.cards[2].pan.last4", PATHS, True),
+    # above one: the rendered value may hold the secret
+    ("$.user", PATHS, True),
+    ("$", PATHS, True),
+    # an unordered array's element, at a redacted array
+    ("$.cards[*]", PATHS, True),
+    # beside a redacted path: shown as it is
+    ("$.user.name", PATHS, False),
+    ("$.cards[0].exp", PATHS, False),
+    ("status", PATHS, False),
+    # a body preview may show a JSON side, but only matters when JSON is redacted
+    ("body", PATHS, True),
+    ("body", (), False),
+    # a redacted header, any case in the rules
+    ("headers.x-api-key", (), True),
+    ("headers.x-other", (), False),
+]
+
+
+@pytest.mark.parametrize(("path", "paths", "masked"), DIFFERENCE_CASES)
+def test_redact_differences(path: str, paths: tuple[str, ...], masked: bool) -> None:
+    difference = Difference(path=path, kind=DiffKind.CHANGED, primary="p1", candidate="c1")
+    [redacted] = redact_differences([difference], frozenset({"X-Api-Key"}), paths)
+    expected = (m("p1"), m("c1")) if masked else ("p1", "c1")
+    assert (redacted.primary, redacted.candidate) == expected
+    assert (redacted.path, redacted.kind, redacted.signature) == (
+        difference.path,
+        difference.kind,
+        difference.signature,
+    )
+
+
+def test_redact_differences_keeps_a_missing_side_empty() -> None:
+    difference = Difference(path="$.user.password", kind=DiffKind.MISSING, primary="x")
+    [redacted] = redact_differences([difference], frozenset(), PATHS)
+    assert (redacted.primary, redacted.candidate) == (m("x"), "")
