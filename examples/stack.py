@@ -203,6 +203,7 @@ async def run_stack(services: DevServices) -> None:
             children.append(proxy)
             announce("proxy", proxy.url)
             announce("admin", admin)
+            announce("shadow", f"{admin}/-/shadow")
             await asyncio.Event().wait()  # until a signal cancels us
         finally:
             # The proxy first, so it never answers 502 for a club-api we stopped.

@@ -4,11 +4,16 @@
                    [--admin-port P] [--admin-token T] [--workers N]
                    [--trusted-proxy CIDR ...] [--via-pseudonym NAME]
                    [--underscores-in-headers]
-                   [--drain-timeout S]
+                   [--drain-timeout S] [--shadow-dsn DSN]
+                   [--shadow-queue N] [--shadow-workers N]
     club-proxy check ROUTES          validate like `nginx -t` (exit 0 or 1)
+    club-proxy shadow status [--admin URL] [--token T]
+                                     the shadowed routes and their verdicts
+    club-proxy shadow suggest ROUTE [--admin URL] [--token T]
+                                     the ignore rules learned noise suggests, as YAML
 
-The admin token may also come from CLUB_PROXY_ADMIN_TOKEN, so it stays out of
-the process list. Logging is configured here and nowhere else: JSON lines,
+The admin token may also come from CLUB_PROXY_ADMIN_TOKEN and the shadow
+store's DSN from CLUB_PROXY_SHADOW_DSN, so they stay out of the process list. Logging is configured here and nowhere else: JSON lines,
 the access log on stdout, everything else on stderr.
 """
 
@@ -22,6 +27,7 @@ from pathlib import Path
 from proxy.errors import ProxyError
 from proxy.serving.check import run_check
 from proxy.serving.server import ServeConfig, run
+from proxy.serving.shadowcli import add_shadow_commands, run_shadow_command
 from proxy.telemetry.accesslog import configure_logging
 
 __all__ = ["main"]
@@ -68,8 +74,22 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve every request through aiohttp's web layer (see docs/proxy.md)",
     )
+    serve.add_argument(
+        "--shadow-dsn",
+        default=os.environ.get("CLUB_PROXY_SHADOW_DSN"),
+        metavar="DSN",
+        help="PostgreSQL for shadow results, shared by replicas (default: routes.yaml's "
+        "shadow_store, else memory)",
+    )
+    serve.add_argument(
+        "--shadow-queue", type=int, default=1024, help="shadow copies waiting, per process"
+    )
+    serve.add_argument(
+        "--shadow-workers", type=int, default=16, help="shadow copies in flight, per process"
+    )
     check = commands.add_parser("check", help="validate a routes file")
     check.add_argument("routes", type=Path)
+    add_shadow_commands(commands)
     return parser
 
 
@@ -78,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return run_check(args.routes)
+    if args.command == "shadow":
+        return run_shadow_command(args)
     configure_logging(args.log_level, access_log=not args.no_access_log)
     try:
         config = ServeConfig(
@@ -95,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             log_level=args.log_level,
             access_log=not args.no_access_log,
             fast_lane=not args.no_fast_lane,
+            shadow_dsn=args.shadow_dsn or None,
+            shadow_queue=args.shadow_queue,
+            shadow_workers=args.shadow_workers,
         )
         return run(config)
     except (ProxyError, ValueError, OSError) as exc:

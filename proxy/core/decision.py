@@ -9,31 +9,36 @@ with it (`proxy.serving.protocol.ProxyRequestHandler.pending_decision`) and
 the aiohttp path uses it instead of deciding again. A second draw would send
 a canary route's requests to the canary with the weight squared.
 
-The shadow decision (whether a copy goes to the other side) will be made
-here too, for the same reason.
+The shadow draw (whether a copy of the request goes to the other side) is
+made here too, for the same reason: `Decision.shadow` is the route's
+`shadow:` when this request is in its sample, else None.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
-from proxy.routing.canary import choose_target
+from proxy.routing.canary import choose_target, shadow_sampled
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from proxy.routing.model import Route, RouteMatch
+    from proxy.routing.model import Route, RouteMatch, Shadow
     from proxy.routing.table import RouteTable
 
 __all__ = ["CookieSource", "Decision", "PendingDecision", "decide", "take_decision"]
 
 
 class Decision(NamedTuple):
-    """Where one request goes: its route (None: the default target), on which table."""
+    """Where one request goes: its route (None: the default target), on which table.
+
+    `shadow`: the route's `shadow:` when this request was drawn for a copy.
+    """
 
     table: RouteTable
     route: Route | None
     target: str
+    shadow: Shadow | None = None
 
 
 class CookieSource(Protocol):
@@ -52,17 +57,22 @@ _new_decision: Final = tuple.__new__
 def decide(
     table: RouteTable, match: RouteMatch, headers: Mapping[str, str], cookies: CookieSource
 ) -> Decision:
-    """The request's target: the route's `to`, or its canary's, drawn once.
+    """The request's target (the route's `to`, or its canary's) and shadow, drawn once.
 
     `match` is `table.match(method, path)`; `headers` must look names up
     case-insensitively; `cookies.cookies` is read only by a cookie-sticky
     canary route.
     """
     route = match.route
-    if route is None or route.canary is None:
-        return _new_decision(Decision, (table, route, match.target))
-    target = choose_target(match, headers, cookies.cookies)
-    return _new_decision(Decision, (table, route, target))
+    if route is None:
+        return _new_decision(Decision, (table, route, match.target, None))
+    target = (
+        match.target if route.canary is None else choose_target(match, headers, cookies.cookies)
+    )
+    shadow = route.shadow
+    if shadow is not None and not shadow_sampled(shadow, headers):
+        shadow = None
+    return _new_decision(Decision, (table, route, target, shadow))
 
 
 class PendingDecision(NamedTuple):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from proxy.core.headers import ForwardingPolicy
     from proxy.routing.model import Route
     from proxy.routing.reload import RoutesWatcher
+    from proxy.shadow.runtime import ShadowRuntime
     from proxy.telemetry.accesslog import AccessLog
     from proxy.telemetry.metrics import ProxyMetrics
     from proxy.upstream.pools import UpstreamPools
@@ -59,6 +60,8 @@ class Proxy:
     # Plain requests relayed by `proxy.fastlane` when served by ProxyAppRunner.
     fast_lane: bool = True
     inprocess: InProcessHandler | None = None
+    # Live shadow (copies of requests of shadowed routes); None: off in this process.
+    shadow: ShadowRuntime | None = None
     ready: bool = False
 
     def record_rejected(

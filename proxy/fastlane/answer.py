@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from aiohttp.streams import StreamReader
 
     from proxy.fastlane.connection import LaneConnection
+    from proxy.shadow.tap import PrimaryTap
 
 __all__ = ["copy_body", "error_answer", "frame", "http_date"]
 
@@ -56,12 +57,18 @@ http_date: Final = _date.now
 
 
 async def copy_body(
-    lane: LaneConnection, content: StreamReader, head: bytes, framing: Framing, request_id: str
+    lane: LaneConnection,
+    content: StreamReader,
+    head: bytes,
+    framing: Framing,
+    request_id: str,
+    *,
+    tap: PrimaryTap | None = None,
 ) -> tuple[int, str | None]:
     """(Body bytes sent, why the answer was cut or None), as `proxy.webpath.relay`.
 
     The head is held back until the first body bytes unless the upstream
-    makes us wait.
+    makes us wait. `tap` gets a copy of each body piece (a shadowed route).
     """
     if framing is Framing.EMPTY:
         return 0, None if lane.write(head) else "client"
@@ -87,6 +94,8 @@ async def copy_body(
             return sent, "upstream"
         last = not chunk or content.at_eof()
         sent += len(chunk)
+        if tap is not None:
+            tap.feed(chunk)
         data = frame(chunk, last=last) if chunked else chunk
         if not lane.write(pending + data if pending else data):
             return sent, "client"

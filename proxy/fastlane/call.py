@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 
-from proxy.core.headers import Framing, request_id_from, response_head, upstream_request_head
+from proxy.core.headers import (
+    Framing,
+    request_id_from,
+    response_head,
+    upstream_request_head,
+    upstream_request_headers,
+)
 from proxy.core.state import CLIENT_CLOSED
 from proxy.fastlane.answer import copy_body, error_answer, frame, http_date
 from proxy.fastlane.plainanswer import plain_answer
@@ -38,15 +44,17 @@ from proxy.upstream.failures import UPSTREAM_FAILURES, upstream_failure
 from proxy.upstream.limits import route_timeout, send_timeout
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Coroutine, Iterable
     from typing import Any
 
     from aiohttp.http import RawRequestMessage, RawResponseMessage
     from aiohttp.streams import StreamReader
 
+    from proxy.core.decision import Decision
     from proxy.core.state import Proxy
     from proxy.fastlane.connection import LaneConnection
     from proxy.routing.model import Route, Upstream
+    from proxy.shadow.tap import PrimaryTap
     from proxy.upstream.exchange import ResponseProtocol
 
 __all__ = ["LaneCall"]
@@ -77,6 +85,7 @@ class LaneCall:
         "_route",
         "_sent",
         "_start",
+        "_tap",
         "_target",
         "_timeout",
         "_upstream",
@@ -92,6 +101,7 @@ class LaneCall:
         route: Route | None,
         target: str,
         upstream: Upstream,
+        decision: Decision,
     ) -> None:
         self._lane = lane
         self._proxy = proxy
@@ -112,6 +122,18 @@ class LaneCall:
         # The answer came past aiohttp's parser (`_relay_plain`).
         self._plain = False
         self.task: asyncio.Task[None] | None = None
+        # A copy of the answer for the route's shadow; routes without one pay this test only.
+        self._tap: PrimaryTap | None = None
+        if route is not None and route.shadow is not None and proxy.shadow is not None:
+            self._tap = proxy.shadow.begin(
+                decision.table,
+                route,
+                target,
+                decision.shadow,
+                method=message.method,
+                target=message.path,
+                headers=self._copy_headers,
+            )
         metrics = proxy.metrics
         metrics.in_flight += 1
         metrics.fast_lane_requests += 1
@@ -137,7 +159,8 @@ class LaneCall:
                     chunked=False,
                     read_timeout=self._timeout.sock_read,
                     # A HEAD answer has a length but no body: the parser knows.
-                    plain=self._on_plain if method != "HEAD" else None,
+                    # A shadowed answer needs its headers parsed for the copy.
+                    plain=self._on_plain if method != "HEAD" and self._tap is None else None,
                 )
             except ServerDisconnectedError:
                 exchange.release(reuse=False)  # lost while idle: connect instead
@@ -194,6 +217,8 @@ class LaneCall:
         elif payload.is_eof() and payload.exception() is None:
             # The whole body is here (a small answer): one write, no task.
             body = payload.read_nowait(-1)
+            if self._tap is not None:
+                self._tap.feed(body)
             data = head + frame(body, last=True) if framing is Framing.CHUNKED else head + body
             sent = self._lane.write(data)
             exchange.finish()
@@ -280,6 +305,8 @@ class LaneCall:
         self._code = message.code
         self._sent = len(first)
         self._remaining = length - len(first)
+        if self._tap is not None:
+            self._tap.feed(first)
         sent = self._lane.write(head + first)
         if payload.is_eof() or self._remaining <= 0:
             # The body was all there after all (an answer over the reader's
@@ -319,6 +346,8 @@ class LaneCall:
             proto.force_close()
         self._remaining = remaining - len(data)
         self._sent += len(data)
+        if self._tap is not None:
+            self._tap.feed(data)
         if not self._lane.write(data):
             exchange.abandon()
             self._complete(self._code, self._sent, "client", None)
@@ -459,7 +488,9 @@ class LaneCall:
         sent, error = 0, None
         aborted: str | None = "client"
         try:
-            sent, aborted = await copy_body(self._lane, exchange.content, head, framing, self._rid)
+            sent, aborted = await copy_body(
+                self._lane, exchange.content, head, framing, self._rid, tap=self._tap
+            )
             if aborted == "upstream":
                 error = "aborted"
         except asyncio.CancelledError:  # the client went away
@@ -489,14 +520,29 @@ class LaneCall:
         return head
 
     def _response_head(self, message: RawResponseMessage) -> tuple[bytes, Framing]:
+        if self._tap is not None:
+            self._tap.started(message.code, message.headers.items())
         return response_head(
             message, method=self._message.method, request_id=self._rid.encode(), date=http_date()
         )
+
+    def _copy_headers(self) -> Iterable[tuple[str, str]]:
+        """The headers an upstream gets for this request (for its shadow copy)."""
+        lane = self._lane
+        return upstream_request_headers(
+            self._message.headers,
+            policy=self._proxy.policy,
+            peer=lane.peer,
+            scheme=lane.scheme,
+            request_id=self._rid,
+        ).items()
 
     def _complete(self, status: int, sent: int, aborted: str | None, error: str | None) -> None:
         if self._done:
             return
         self._done = True
+        if self._tap is not None:
+            self._tap.finished(complete=aborted is None and error is None)
         proxy = self._proxy
         proxy.metrics.in_flight -= 1
         proxy.pools.release(self._pool)

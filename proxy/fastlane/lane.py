@@ -378,6 +378,7 @@ class FastLane(asyncio.Protocol):
             route=decision.route,
             target=decision.target,
             upstream=table.upstreams[decision.target],
+            decision=decision,
         )
         try:
             call.begin()

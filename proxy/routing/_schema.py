@@ -21,6 +21,7 @@ from proxy.routing._yaml import Node, compose
 from proxy.routing.jsonpath import parse_json_path
 from proxy.routing.model import (
     NEW,
+    SAFE_METHODS,
     Canary,
     NewTarget,
     Route,
@@ -43,8 +44,6 @@ SCHEMA_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _MATCH = re.compile(r"(?:(?P<methods>[^/]*?)\s+)?(?P<path>/\S*)")
-# The methods a copy may repeat: a copy of anything else would write twice.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -444,7 +443,7 @@ def _verdict(node: Node) -> dict[str, Verdict]:
 
 _SHADOW_KEYS: dict[str, Any] = {
     "sample": _share("sample"),
-    "sticky": lambda node: {"sticky": _sticky(node)},
+    "sticky": lambda node: {"sticky": _shadow_sticky(node)},
     "ignore": _ignore,
     "unordered": lambda node: {"unordered": _json_paths(node)},
     "noise": _share("noise"),
@@ -453,6 +452,15 @@ _SHADOW_KEYS: dict[str, Any] = {
     "verdict": _verdict,
     "redact": _redact,
 }
+
+
+def _shadow_sticky(node: Node) -> Sticky:
+    sticky = _sticky(node)
+    if sticky.kind is not StickyKind.HEADER:
+        # The fast lane draws the sample and never parses cookies.
+        msg = f"shadow sticky must be 'header:NAME', not {node.raw.value!r}"
+        raise node.error(msg)
+    return sticky
 
 
 def _shadow_store(node: Node) -> ShadowStore:

@@ -20,9 +20,9 @@ from proxy.routing.model import StickyKind
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from proxy.routing.model import RouteMatch
+    from proxy.routing.model import RouteMatch, Shadow
 
-__all__ = ["choose_target", "sticky_bucket"]
+__all__ = ["choose_target", "shadow_sampled", "sticky_bucket"]
 
 _random = random.random
 _SCALE = float(2**64)
@@ -51,3 +51,22 @@ def choose_target(match: RouteMatch, headers: Mapping[str, str], cookies: Mappin
         if value:
             return canary.to if sticky_bucket(value) < weight else match.target
     return canary.to if _random() < weight else match.target
+
+
+def shadow_sampled(shadow: Shadow, headers: Mapping[str, str]) -> bool:
+    """Whether this request is in the route's shadow `sample`, drawn as a canary is.
+
+    With `sticky`, a client's requests are all copied or none are (a header
+    value's bucket, as above), so a comparison sees whole client sessions.
+    """
+    sample = shadow.sample
+    if sample >= 1.0:
+        return True
+    if sample <= 0.0:
+        return False
+    sticky = shadow.sticky
+    if sticky is not None and sticky.kind is StickyKind.HEADER:
+        value = headers.get(sticky.name)
+        if value:
+            return sticky_bucket(value) < sample
+    return _random() < sample

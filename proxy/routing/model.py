@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SEND_TIMEOUT",
     "NEW",
+    "SAFE_METHODS",
     "Canary",
     "NewTarget",
     "Route",
@@ -35,6 +36,8 @@ __all__ = [
 
 # The target name of the new side; every other target names an upstream.
 NEW = "new"
+# The methods a shadow copy may repeat: a copy of anything else would write twice.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # nginx's send_timeout default; also for answers no upstream covers (in-process `new`).
 DEFAULT_SEND_TIMEOUT = 60.0
 

@@ -5,6 +5,11 @@
     GET /-/routes    the active table, its digest and the last reload result
     GET /-/metrics   Prometheus text (the proxy's registry, then the default one:
                      process_*, python_*, in-process new_services club_compat_*)
+    GET /-/shadow                       every shadowed route: counts, match rate, verdict,
+                                        difference groups; and where results live
+    GET /-/shadow/{route_id}            one route, with examples per difference group
+    POST /-/shadow/{route_id}/reset     start the route's results afresh
+    GET /-/shadow/{route_id}/suggest    the ignore rules learned noise suggests (JSON and YAML)
 
 Bound anywhere but loopback, every endpoint requires `Authorization: Bearer
 <token>`; `check_admin_binding` refuses to start without one (Envoy's edge
@@ -21,10 +26,13 @@ from aiohttp import web
 
 from proxy.core.state import PROXY, Proxy
 from proxy.errors import ProxyError
+from proxy.shadow.results import suggestions_yaml
 from proxy.telemetry.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
+
+    from proxy.shadow.results import ShadowBook
 
 __all__ = ["AdminBindError", "check_admin_binding", "create_admin_app", "is_loopback"]
 
@@ -102,6 +110,49 @@ async def routes(request: web.Request) -> web.Response:
     )
 
 
+def _book(request: web.Request) -> ShadowBook:
+    shadow = _proxy(request).shadow
+    if shadow is None:
+        raise web.HTTPNotFound(
+            text='{"error": "shadow is off in this process"}', content_type="application/json"
+        )
+    return shadow.book
+
+
+def _unknown_route(route_id: str) -> web.Response:
+    return web.json_response({"error": f"no shadow results for route {route_id!r}"}, status=404)
+
+
+async def shadow(request: web.Request) -> web.Response:
+    return web.json_response(await _book(request).report())
+
+
+async def shadow_route(request: web.Request) -> web.Response:
+    route_id = request.match_info["route_id"]
+    found = await _book(request).report(route_id, examples=True)
+    return _unknown_route(route_id) if found is None else web.json_response(found)
+
+
+async def shadow_reset(request: web.Request) -> web.Response:
+    route_id = request.match_info["route_id"]
+    if not await _book(request).reset(route_id):
+        return _unknown_route(route_id)
+    return web.json_response({"id": route_id, "reset": True})
+
+
+async def shadow_suggest(request: web.Request) -> web.Response:
+    route_id = request.match_info["route_id"]
+    book = _book(request)
+    found = await book.suggestions(route_id)
+    return web.json_response(
+        {
+            "id": route_id,
+            "suggestions": [suggestion.as_dict() for suggestion in found],
+            "yaml": suggestions_yaml(route_id, found),
+        }
+    )
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = _proxy(request).metrics.exposition()
     response = web.Response(body=body)
@@ -117,4 +168,8 @@ def create_admin_app(proxy_app: web.Application, *, token: str | None = None) ->
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/-/routes", routes)
     app.router.add_get("/-/metrics", metrics)
+    app.router.add_get("/-/shadow", shadow)
+    app.router.add_get("/-/shadow/{route_id}", shadow_route)
+    app.router.add_post("/-/shadow/{route_id}/reset", shadow_reset)
+    app.router.add_get("/-/shadow/{route_id}/suggest", shadow_suggest)
     return app

@@ -10,6 +10,8 @@ built once: a reload that would need other code is refused
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import signal
 from dataclasses import dataclass
@@ -25,6 +27,10 @@ from proxy.errors import AppFactoryError
 from proxy.routing.model import NEW, Upstream
 from proxy.routing.reload import RoutesWatcher
 from proxy.serving.check import reload_errors
+from proxy.serving.shadowsite import ShadowSite
+from proxy.shadow.metrics import ShadowMetrics
+from proxy.shadow.results import ShadowBook
+from proxy.shadow.runtime import ShadowRuntime
 from proxy.telemetry.accesslog import AccessLog
 from proxy.telemetry.metrics import ProxyMetrics
 from proxy.upstream.limits import ClientLimits
@@ -40,9 +46,10 @@ if TYPE_CHECKING:
 
     from aiohttp.typedefs import Handler
 
+    from proxy.routing.model import ShadowStore
     from proxy.routing.table import RouteTable
 
-__all__ = ["PROXY", "Proxy", "ServerLimits", "create_app", "server_handler_args"]
+__all__ = ["PROXY", "Proxy", "ServerLimits", "ShadowLimits", "create_app", "server_handler_args"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +64,14 @@ class ServerLimits:
     max_field_size: int = 8190
     max_headers: int = 128
     keepalive_timeout: float = 75.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShadowLimits:
+    """Per process: copies waiting at most (more are dropped, `queue_full`), copies in flight."""
+
+    queue_size: int = 1024
+    workers: int = 16
 
 
 def server_handler_args(limits: ServerLimits) -> dict[str, object]:
@@ -90,21 +105,69 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if inprocess is not None:
             await inprocess.start()
             proxy.inprocess = inprocess
-        loop = asyncio.get_running_loop()
         try:
-            if proxy.reload_on_sighup:
-                loop.add_signal_handler(signal.SIGHUP, _on_sighup, proxy.watcher)
-            proxy.ready = True
-            yield
+            async with _shadow(proxy, inprocess), _serving(proxy):
+                yield
         finally:
-            proxy.ready = False
-            if proxy.reload_on_sighup:
-                loop.remove_signal_handler(signal.SIGHUP)
             if inprocess is not None:
                 await inprocess.close()
     finally:
         await proxy.watcher.stop()
         await proxy.pools.close()
+
+
+@contextlib.asynccontextmanager
+async def _shadow(proxy: Proxy, inprocess: InProcessApp | None) -> AsyncIterator[None]:
+    """The shadow runtime, following the table's shadowed routes, and the new app's socket."""
+    shadow = proxy.shadow
+    if shadow is None:
+        yield
+        return
+    watcher = proxy.watcher
+    shadow.book.configure(watcher.table.shadows)
+    watcher.add_listener(lambda _old, new: shadow.book.configure(new.shadows))
+    site = ShadowSite(inprocess) if inprocess is not None else None
+    await shadow.start()
+    try:
+        if site is not None:
+            shadow.inprocess_socket = await site.start()
+        yield
+    finally:
+        if site is not None:
+            await site.close()
+        await shadow.close()
+
+
+def _store(given: ShadowStore | None, in_file: ShadowStore | None) -> ShadowStore | None:
+    """The DSN given at start (CLUB_PROXY_SHADOW_DSN) wins; the file's other settings stay."""
+    if given is None or in_file is None:
+        return given or in_file
+    return dataclasses.replace(in_file, dsn=given.dsn)
+
+
+def _shadow_runtime(
+    proxy: Proxy, store: ShadowStore | None, limits: ShadowLimits | None
+) -> ShadowRuntime:
+    limits = limits or ShadowLimits()
+    book = ShadowBook(store=store)
+    runtime = ShadowRuntime(book, queue_size=limits.queue_size, workers=limits.workers)
+    runtime.metrics = ShadowMetrics(proxy.metrics.registry, book, runtime.queue.qsize)
+    return runtime
+
+
+@contextlib.asynccontextmanager
+async def _serving(proxy: Proxy) -> AsyncIterator[None]:
+    """Ready, with SIGHUP reloading, until the app stops."""
+    loop = asyncio.get_running_loop()
+    try:
+        if proxy.reload_on_sighup:
+            loop.add_signal_handler(signal.SIGHUP, _on_sighup, proxy.watcher)
+        proxy.ready = True
+        yield
+    finally:
+        proxy.ready = False
+        if proxy.reload_on_sighup:
+            loop.remove_signal_handler(signal.SIGHUP)
 
 
 def _build_new_app(watcher: RoutesWatcher) -> web.Application | None:
@@ -208,6 +271,8 @@ def create_app(
     metrics: ProxyMetrics | None = None,
     access_log: AccessLog | None = None,
     fast_lane: bool = True,
+    shadow_store: ShadowStore | None = None,
+    shadow: ShadowLimits | None = None,
 ) -> web.Application:
     """The proxy application for `routes_path` (RoutesError now if the file is invalid).
 
@@ -217,6 +282,8 @@ def create_app(
     on the `proxy.access` logger; `club-proxy run` passes a buffered stdout one.
     `fast_lane=False` sends every request through aiohttp's web layer even
     when `ProxyAppRunner` serves the app (see `proxy.fastlane.lane`).
+    `shadow_store` (else routes.yaml's `shadow_store:`) keeps shadow results
+    in PostgreSQL; without either they stay in this process's memory.
     """
     watcher = RoutesWatcher(routes_path, poll_interval=poll_interval)
     proxy = Proxy(
@@ -232,6 +299,7 @@ def create_app(
     )
     proxy.metrics.watch_reloads(watcher)
     proxy.metrics.watch_pools(proxy.pools)
+    proxy.shadow = _shadow_runtime(proxy, _store(shadow_store, watcher.table.shadow_store), shadow)
     app = web.Application(
         handler_args=server_handler_args(server_limits or ServerLimits()),
         middlewares=[_non_origin_targets],

@@ -30,8 +30,9 @@ from aiohttp import web
 
 from proxy.core.headers import ForwardingPolicy
 from proxy.errors import ProxyError
+from proxy.routing.model import ShadowStore
 from proxy.serving.admin import check_admin_binding, create_admin_app
-from proxy.serving.app import PROXY, create_app
+from proxy.serving.app import PROXY, ShadowLimits, create_app
 from proxy.serving.check import check_routes
 from proxy.serving.protocol import ProxyAppRunner
 from proxy.serving.supervisor import supervise, unblock_stop_signals
@@ -75,10 +76,17 @@ class ServeConfig:
     log_level: str = "INFO"
     access_log: bool = True
     fast_lane: bool = True
+    # Where shadow results go (overrides routes.yaml's shadow_store: dsn).
+    shadow_dsn: str | None = None
+    shadow_queue: int = 1024
+    shadow_workers: int = 16
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             msg = f"workers must be at least 1, not {self.workers}"
+            raise ValueError(msg)
+        if self.shadow_queue < 1 or self.shadow_workers < 1:
+            msg = "shadow_queue and shadow_workers must be at least 1"
             raise ValueError(msg)
         if self.drain_timeout < 0:
             msg = f"drain_timeout must not be negative, not {self.drain_timeout}"
@@ -191,6 +199,8 @@ def build_app(config: ServeConfig, *, access_log: AccessLog | None = None) -> we
         underscores_in_headers=config.underscores_in_headers,
         access_log=access_log,
         fast_lane=config.fast_lane,
+        shadow_store=ShadowStore(dsn=config.shadow_dsn) if config.shadow_dsn else None,
+        shadow=ShadowLimits(queue_size=config.shadow_queue, workers=config.shadow_workers),
     )
 
 

@@ -74,6 +74,8 @@ class SkipReason(enum.Enum):
     SAMPLED_OUT = "sampled_out"
     UNSAFE_METHOD = "unsafe_method"
     UPGRADE = "upgrade"
+    # A canary sent this request to the shadow's own target: no other side to ask.
+    SAME_TARGET = "same_target"
     QUEUE_FULL = "queue_full"
     BODY_TOO_LARGE = "body_too_large"
     TIMEOUT = "timeout"

@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from proxy.core.state import InProcessHandler, Proxy
-    from proxy.routing.model import NewTarget, Route
+    from proxy.routing.model import NewTarget, Route, Shadow
     from proxy.routing.table import RouteTable
+    from proxy.shadow.tap import PrimaryTap
 
 __all__ = ["WebPath"]
 
@@ -64,6 +65,8 @@ class _Call:
     # Counts the body bytes of an answer the proxy does not relay itself.
     sent: BodyCounter | None = None
     aborted: str | None = None
+    # A copy of the answer for the route's shadow (only on a shadowed route).
+    tap: PrimaryTap | None = None
 
     def count_body(self) -> None:
         """Count the body bytes aiohttp writes for this request from now on."""
@@ -109,6 +112,8 @@ class WebPath:
             target_bytes=target_bytes,
             start=perf_counter(),
         )
+        if route is not None and route.shadow is not None and proxy.shadow is not None:
+            call.tap = self._tap(call, decision.shadow)
         response: web.StreamResponse | None = None
         proxy.metrics.in_flight += 1
         try:
@@ -118,6 +123,8 @@ class WebPath:
             return response
         finally:
             proxy.metrics.in_flight -= 1
+            if call.tap is not None:
+                _finish_tap(call, response)
             self._record(call, response)
 
     async def _dispatch(self, call: _Call) -> web.StreamResponse:
@@ -144,6 +151,7 @@ class WebPath:
                 request_id=call.rid,
                 client_timeout=route_timeout(call.route, upstream),
                 route=call.route,
+                tap=call.tap,
             )
         finally:
             proxy.pools.release(pool)
@@ -178,6 +186,24 @@ class WebPath:
         if not response.prepared:
             response.headers["X-Request-ID"] = call.rid
         return response
+
+    def _tap(self, call: _Call, sampled: Shadow | None) -> PrimaryTap | None:
+        """The route's shadow: a tap on this request's answer, or None (counted)."""
+        shadow = self.proxy.shadow
+        route = call.route
+        if shadow is None or route is None:
+            return None
+        request = call.request
+        return shadow.begin(
+            call.table,
+            route,
+            call.target,
+            sampled,
+            method=request.method,
+            target=call.target_bytes,
+            headers=lambda: self._upstream_headers(call).items(),
+            upgrade="Upgrade" in request.headers and is_websocket_upgrade(request),
+        )
 
     def _upstream_headers(self, call: _Call) -> CIMultiDict[str]:
         # What an upstream would see: cleaned headers plus the gateway's own.
@@ -246,6 +272,31 @@ def _with_target_host(request: web.Request) -> web.Request:
     headers = CIMultiDict(request.headers)
     headers["Host"] = authority
     return request.clone(headers=headers)
+
+
+def _finish_tap(call: _Call, response: web.StreamResponse | None) -> None:
+    """Tell the tap the answer is over; an in-process answer is copied here, whole."""
+    tap = call.tap
+    if tap is None:
+        return
+    if type(response) is PassThroughResponse:
+        tap.finished(complete=response.aborted is None)
+        return
+    body = getattr(response, "body", None)
+    if (
+        call.target == NEW
+        and response is not None
+        and call.aborted is None
+        and type(response) is not ErrorResponse
+        and isinstance(body, bytes)
+    ):
+        # The in-process app's answer (a reverse shadow): its body is at
+        # hand; an answer the handler streamed itself is not (primary_error).
+        tap.started(response.status, response.headers.items())
+        tap.feed(body)
+        tap.finished(complete=True)
+        return
+    tap.finished(complete=False)
 
 
 async def _write(call: _Call, response: web.StreamResponse) -> None:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from proxy.core.headers import ForwardingPolicy
     from proxy.routing.model import Route
+    from proxy.shadow.tap import PrimaryTap
     from proxy.upstream.exchange import RequestBody
     from proxy.upstream.pools import UpstreamPool
 
@@ -49,6 +50,7 @@ async def forward(
     request_id: str,
     client_timeout: aiohttp.ClientTimeout | None = None,
     route: Route | None = None,
+    tap: PrimaryTap | None = None,
 ) -> web.StreamResponse:
     """Send `request` to the upstream of `pool` and stream the answer back.
 
@@ -56,7 +58,8 @@ async def forward(
     upstream. A body is taken by the route's (else the upstream's) request
     buffering and client body timeout (`proxy.webpath.body`). Returns a prepared and finished
     `PassThroughResponse`, or an unprepared `ErrorResponse` when the upstream
-    could not answer (or the client's body timed out: 408).
+    could not answer (or the client's body timed out: 408). `tap` gets a copy
+    of the answer (a shadowed route); the caller tells it when the relay is over.
 
     Long because it is every relayed request's path, kept in one frame.
     """
@@ -97,8 +100,10 @@ async def forward(
             reason=message.reason,
             headers=response_headers(message.headers, request_id=request_id),
         )
+        if tap is not None:
+            tap.started(message.code, message.headers.items())
         await response.prepare(request)
-        await _relay(content, response, request, request_id=request_id)
+        await _relay(content, response, request, request_id=request_id, tap=tap)
     finally:
         exchange.finish()
     return response
@@ -133,9 +138,10 @@ async def _relay(
     request: web.Request,
     *,
     request_id: str,
+    tap: PrimaryTap | None,
 ) -> None:
     try:
-        await _copy_body(content, response)
+        await _copy_body(content, response, tap)
     except ConnectionResetError:
         # The client went away mid-answer: nothing to tell it. The caller's
         # `finally` closes the upstream connection; aiohttp ends this one.
@@ -152,7 +158,9 @@ async def _relay(
         request.protocol.force_close()
 
 
-async def _copy_body(content: StreamReader, response: PassThroughResponse) -> None:
+async def _copy_body(
+    content: StreamReader, response: PassThroughResponse, tap: PrimaryTap | None
+) -> None:
     write = response.write
     sent = 0
     while True:
@@ -167,6 +175,8 @@ async def _copy_body(content: StreamReader, response: PassThroughResponse) -> No
             break
         sent += len(chunk)
         response.body_bytes = sent
+        if tap is not None:
+            tap.feed(chunk)
         if content.at_eof():
             # The last piece: body and end of message in one write.
             await response.write_eof(chunk)

@@ -24,11 +24,12 @@ LAYERS: Final = {
     "routing": 1,
     "upstream": 2,
     "telemetry": 3,
-    "core": 4,
-    "webpath": 5,
-    "fastlane": 5,
-    "serving": 6,
-    "__main__": 7,
+    "shadow": 4,
+    "core": 5,
+    "webpath": 6,
+    "fastlane": 6,
+    "serving": 7,
+    "__main__": 8,
 }
 
 

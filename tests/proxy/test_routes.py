@@ -169,7 +169,7 @@ shadow_store: {dsn: "postgresql://app:secret@127.0.0.1/shadow", retention: 2d}
     assert events.ignore_json == ("$.items[*].updated_at", "$..etag")
     assert events.unordered == ("$.items",)
     assert (events.verdict.min_requests, events.verdict.min_match) == (50, 0.99)
-    assert (events.redact_headers, events.redact_json) == ({"x-api-key"}, ("$.email",))
+    assert (events.redact_headers, events.redact_json) == (frozenset({"x-api-key"}), ("$.email",))
     # The reverse shadow of a cut-over route, with every default.
     assert (users.to, users.sample, users.noise, users.max_body, users.timeout) == (
         "legacy",
