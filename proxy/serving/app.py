@@ -125,7 +125,7 @@ async def _shadow(proxy: Proxy, inprocess: InProcessApp | None) -> AsyncIterator
         return
     watcher = proxy.watcher
     shadow.book.configure(watcher.table.shadows)
-    watcher.add_listener(lambda _old, new: shadow.book.configure(new.shadows))
+    watcher.add_listener(lambda old, new: _follow_table(shadow, old, new))
     site = ShadowSite(inprocess) if inprocess is not None else None
     await shadow.start()
     try:
@@ -153,6 +153,13 @@ def _shadow_runtime(
     runtime = ShadowRuntime(book, queue_size=limits.queue_size, workers=limits.workers)
     runtime.metrics = ShadowMetrics(proxy.metrics.registry, book, runtime.queue.qsize)
     return runtime
+
+
+def _follow_table(shadow: ShadowRuntime, old: RouteTable, new: RouteTable) -> None:
+    shadow.book.configure(new.shadows)
+    if new.shadow_store != old.shadow_store:
+        # The store is opened once, at start (its pool, its migrations).
+        logger.warning("proxy.shadow_store_changed", extra={"applies": "at the next restart"})
 
 
 @contextlib.asynccontextmanager
