@@ -42,7 +42,10 @@ async def admin_of() -> AsyncIterator[Any]:
 
 
 async def _json(method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session, session.request(method, url, **kwargs) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url, **kwargs) as response,
+    ):
         return response.status, await response.json()
 
 
@@ -50,7 +53,9 @@ async def test_shadow_results_reset_and_metrics_on_the_admin_port(
     tmp_path: Path, legacy: Side, candidate: Side, serve: Any, admin_of: Any
 ) -> None:
     candidate.mode = "renamed"
-    routes = write_routes(tmp_path, legacy, candidate, "{to: cand, noise: 0, verdict: {min_requests: 4}}")
+    routes = write_routes(
+        tmp_path, legacy, candidate, "{to: cand, noise: 0, verdict: {min_requests: 4}}"
+    )
     served = await serve(routes, fast_lane=True)
     admin = await admin_of(served)
     await served.get_all(["/api/items"] * 4)
@@ -72,8 +77,14 @@ async def test_shadow_results_reset_and_metrics_on_the_admin_port(
     assert one["differences"][0]["examples"]
     assert (await _json("GET", f"{admin}/-/shadow/nope"))[0] == 404
     status, metrics_text = await _text(f"{admin}/-/metrics")
-    assert 'club_proxy_shadow_requests_total{outcome="mismatch",reason="",route="items"} 4.0' in metrics_text
-    assert 'club_proxy_shadow_latency_seconds_count{route="items",side="candidate"} 4.0' in metrics_text
+    assert (
+        'club_proxy_shadow_requests_total{outcome="mismatch",reason="",route="items"} 4.0'
+        in metrics_text
+    )
+    assert (
+        'club_proxy_shadow_latency_seconds_count{route="items",side="candidate"} 4.0'
+        in metrics_text
+    )
     assert "club_proxy_shadow_queue_depth 0.0" in metrics_text
     status, reset = await _json("POST", f"{admin}/-/shadow/items/reset")
     assert (status, reset) == (200, {"id": "items", "reset": True})
@@ -112,7 +123,9 @@ async def test_shadow_status_and_suggest_in_the_terminal(
     tmp_path: Path, legacy: Side, candidate: Side, serve: Any, admin_of: Any
 ) -> None:
     legacy.mode = candidate.mode = "random"
-    routes = write_routes(tmp_path, legacy, candidate, "{to: cand, noise: 1.0, verdict: {min_requests: 5}}")
+    routes = write_routes(
+        tmp_path, legacy, candidate, "{to: cand, noise: 1.0, verdict: {min_requests: 5}}"
+    )
     served = await serve(routes, fast_lane=False)
     admin = await admin_of(served, token="t0k")
     await served.get_all(["/api/items"] * 12)
@@ -121,9 +134,18 @@ async def test_shadow_status_and_suggest_in_the_terminal(
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == "results: memory (this process only)"
-    assert lines[1].split() == list(
-        ("route", "to", "compared", "match", "mismatch", "noise", "errors", "skipped", "rate", "verdict")
-    )
+    assert lines[1].split() == [
+        "route",
+        "to",
+        "compared",
+        "match",
+        "mismatch",
+        "noise",
+        "errors",
+        "skipped",
+        "rate",
+        "verdict",
+    ]
     assert lines[2].split() == ["items", "cand", "12", "0", "0", "12", "0", "0", "-", "collecting"]
     code, out, _ = await _cli("shadow", "suggest", "items", "--admin", admin, "--token", "t0k")
     assert code == 0
