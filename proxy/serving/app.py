@@ -68,10 +68,12 @@ class ServerLimits:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ShadowLimits:
-    """Per process: copies waiting at most (more are dropped, `queue_full`), copies in flight."""
+    """Per process: copies waiting at most (more are dropped, `queue_full`), copies in
+    flight, and the bytes of primary answers held for them (past it: `queue_full`)."""
 
     queue_size: int = 1024
     workers: int = 16
+    max_buffered: int = 64 * 1024 * 1024
 
 
 def server_handler_args(limits: ServerLimits) -> dict[str, object]:
@@ -150,7 +152,12 @@ def _shadow_runtime(
 ) -> ShadowRuntime:
     limits = limits or ShadowLimits()
     book = ShadowBook(store=store)
-    runtime = ShadowRuntime(book, queue_size=limits.queue_size, workers=limits.workers)
+    runtime = ShadowRuntime(
+        book,
+        queue_size=limits.queue_size,
+        workers=limits.workers,
+        max_buffered=limits.max_buffered,
+    )
     runtime.metrics = ShadowMetrics(proxy.metrics.registry, book, runtime.queue.qsize)
     return runtime
 

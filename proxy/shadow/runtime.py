@@ -29,7 +29,7 @@ from proxy.shadow.candidate import CandidateClients
 from proxy.shadow.compare import BodyTooLarge, compare
 from proxy.shadow.model import DEFAULT_IGNORED_HEADERS, Answer, CompareRules, Example, SkipReason
 from proxy.shadow.redact import redact_answer, redact_differences, redact_headers
-from proxy.shadow.tap import PrimaryTap
+from proxy.shadow.tap import Buffers, PrimaryTap
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -79,10 +79,13 @@ class ShadowRuntime:
         metrics: ShadowMetrics | None = None,
         queue_size: int = 1024,
         workers: int = 16,
+        max_buffered: int = 64 * 1024 * 1024,
     ) -> None:
         self.book = book
         self.metrics = metrics
         self.queue: asyncio.Queue[_Copy] = asyncio.Queue(queue_size)
+        # The primary bodies held for queued and running copies, all routes together.
+        self.buffers = Buffers(max_buffered)
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         self._clients = CandidateClients(limit=workers)
@@ -160,6 +163,7 @@ class ShadowRuntime:
 
         return PrimaryTap(
             max_body=shadow.max_body,
+            buffers=self.buffers,
             answer=loop.create_future(),
             on_start=queue,
             on_lost=functools.partial(self.book.skipped, route.id, SkipReason.PRIMARY_ERROR),
@@ -186,6 +190,8 @@ class ShadowRuntime:
             except Exception:  # a bug of ours must not stop the worker
                 logger.exception("proxy.shadow_error", extra={"route": copy.route_id})
                 self.book.skipped(copy.route_id, SkipReason.CANDIDATE_ERROR)
+            finally:
+                copy.tap.release()
 
     async def _run(self, copy: _Copy) -> None:
         shadow, route_id = copy.shadow, copy.route_id
@@ -197,10 +203,10 @@ class ShadowRuntime:
             primary = await asyncio.wait_for(asyncio.shield(copy.tap.answer), _PRIMARY_WAIT)
         except TimeoutError:
             primary = None
-        if primary is None:
-            self.book.skipped(route_id, SkipReason.PRIMARY_ERROR)
+        if not isinstance(primary, Answer):
+            self.book.skipped(route_id, primary or SkipReason.PRIMARY_ERROR)
             return
-        if primary.truncated or candidate.truncated:
+        if candidate.truncated:
             self.book.skipped(route_id, SkipReason.BODY_TOO_LARGE)
             return
         secondary = None

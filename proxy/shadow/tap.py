@@ -3,7 +3,9 @@
 A request path that relays a shadowed request calls `started` with the
 answer's head, `feed` with each body piece it writes to the client, and
 `finished` once; it never waits on the tap. The copy stops at the route's
-`max_body` (the relay goes on): an answer cut there is not compared.
+`max_body` (the relay goes on): an answer cut there is not compared. All the
+taps of a process share one `Buffers` budget, so the bytes held for copies
+stay bounded however many are queued.
 """
 
 from __future__ import annotations
@@ -11,28 +13,44 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from proxy.shadow.model import Answer
+from proxy.shadow.model import Answer, SkipReason
 
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable, Iterable
 
-__all__ = ["PrimaryTap"]
+__all__ = ["Buffers", "PrimaryTap"]
+
+
+class Buffers:
+    """The bytes all taps of a process hold for copies, and their limit."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
 
 
 class PrimaryTap:
     """Copies one primary answer; `answer` resolves when the relay is over.
 
-    `on_start` is called once with the tap when the head is known (the
-    runtime queues the copy then); `on_lost` when the primary ended without
-    an answer to compare (the proxy's own 502/504, or a relay cut short).
+    `answer` gets the `Answer`, or the `SkipReason` it was not kept for
+    (`body_too_large` past `max_body`, `queue_full` past the shared budget),
+    or None when the relay did not complete. `on_start` is called once with
+    the tap when the head is known (the runtime queues the copy then; False:
+    not queued); `on_lost` when the primary ended without an answer head (the
+    proxy's own 502/504). `release()` gives the bytes back to the budget.
     """
 
     __slots__ = (
         "_body",
+        "_buffers",
         "_headers",
+        "_held",
         "_lost",
         "_max",
+        "_refused",
         "_size",
         "_start",
         "_status",
@@ -44,14 +62,18 @@ class PrimaryTap:
         self,
         *,
         max_body: int,
-        answer: asyncio.Future[Answer | None],
+        buffers: Buffers,
+        answer: asyncio.Future[Answer | SkipReason | None],
         on_start: Callable[[PrimaryTap], bool],
         on_lost: Callable[[], None],
     ) -> None:
         self._start = perf_counter()
         self._max = max_body
+        self._buffers = buffers
         self._body: list[bytes] | None = None  # None until started, and after a refused start
         self._size = 0
+        self._held = 0  # bytes taken from the budget
+        self._refused: SkipReason | None = None
         self._status = 0
         self._headers: tuple[tuple[str, str], ...] = ()
         self._lost = on_lost
@@ -68,11 +90,31 @@ class PrimaryTap:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """A piece of the primary's body, as relayed to the client."""
         body = self._body
-        if body is None or self._size > self._max:
+        if body is None or self._refused is not None:
             return
-        self._size += len(data)
-        if self._size <= self._max:
-            body.append(bytes(data))
+        size = len(data)
+        self._size += size
+        if self._size > self._max:
+            self._drop(SkipReason.BODY_TOO_LARGE)
+            return
+        buffers = self._buffers
+        if buffers.used + size > buffers.limit:
+            self._drop(SkipReason.QUEUE_FULL)
+            return
+        buffers.used += size
+        self._held += size
+        body.append(bytes(data))
+
+    def _drop(self, reason: SkipReason) -> None:
+        self._refused = reason
+        self.release()
+        if self._body is not None:
+            self._body.clear()
+
+    def release(self) -> None:
+        """Give the copied bytes back to the shared budget (once the copy is compared)."""
+        self._buffers.used -= self._held
+        self._held = 0
 
     def finished(self, *, complete: bool) -> None:
         """The relay is over; `complete`: the client got the whole answer."""
@@ -84,15 +126,15 @@ class PrimaryTap:
                 self._lost()  # no head ever came: nothing was queued
             answer.set_result(None)
             return
-        if not complete:
-            answer.set_result(None)
+        if not complete or self._refused is not None:
+            self.release()
+            answer.set_result(self._refused)
             return
         answer.set_result(
             Answer(
                 status=self._status,
                 headers=self._headers,
-                body=b"".join(self._body) if self._size <= self._max else b"",
-                truncated=self._size > self._max,
+                body=b"".join(self._body),
                 latency=perf_counter() - self._start,
             )
         )

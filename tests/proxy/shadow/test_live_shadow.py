@@ -155,6 +155,9 @@ async def test_copies_are_sent_marked_and_matched(
         assert "X-Request-ID" in headers
     # The primary never sees the marker: it got the client's requests only.
     assert all("X-Club-Shadow" not in headers for _, _, headers in legacy.seen)
+    shadow = served.app[PROXY].shadow
+    assert shadow is not None
+    assert shadow.buffers.used == 0  # every copied body given back
 
 
 @paths
@@ -231,6 +234,23 @@ async def test_a_big_primary_body_is_relayed_whole_and_not_compared(
     assert answers == [(200, BIG)] * 3
     report = await served.settled("big", 3)
     assert report["skipped"] == {"body_too_large": 3}
+
+
+@paths
+async def test_the_bytes_held_for_copies_are_bounded(
+    tmp_path: Path, legacy: Side, candidate: Side, serve: Any, fast_lane: bool
+) -> None:
+    extra = '  - {id: big, match: "GET /api/big", to: legacy, shadow: {to: cand, noise: 0}}\n'
+    routes = write_routes(tmp_path, legacy, candidate, "{to: cand}", extra)
+    served = await serve(routes, fast_lane=fast_lane, limits=ShadowLimits(max_buffered=256 * 1024))
+    answers = await served.get_all(["/api/big"] * 3)
+    assert answers == [(200, BIG)] * 3
+    # 300 KiB each, within max_body (1 MiB) but over the process's 256 KiB for copies.
+    report = await served.settled("big", 3)
+    assert report["skipped"] == {"queue_full": 3}
+    shadow = served.app[PROXY].shadow
+    assert shadow is not None
+    assert shadow.buffers.used == 0
 
 
 @paths
