@@ -32,7 +32,7 @@ TOLERANCE = 0.075
 
 @pytest.mark.parametrize("to", ["new", "legacy"], ids=["handed-over", "lane-served"])
 @pytest.mark.parametrize("fast_lane", [True, False], ids=["fast-lane", "aiohttp-path"])
-async def test_the_shadow_sample_holds_through_the_proxy(  # noqa: PLR0913, PLR0917 (fixtures)
+async def test_the_shadow_sample_holds_through_the_proxy(  # noqa: PLR0917 (fixtures)
     tmp_path: Path, legacy: Side, candidate: Side, serve: Any, fast_lane: bool, to: str
 ) -> None:
     shadow_to = "legacy" if to == "new" else "cand"
