@@ -2,7 +2,7 @@
 
 `Side(mode)` serves the same small JSON API on a loopback port; `mode` makes
 the candidate differ or fail the way the issue's isolation cases need:
-`same`, `random` (a fresh id in every body), `sleep` (10 s before answering), `500`, `reset` (the connection is cut
+`same`, `chunked` (the same JSON in chunked pieces), `random` (a fresh id in every body), `sleep` (10 s before answering), `500`, `reset` (the connection is cut
 before any answer), `endless` (a body that never ends), `renamed` (a key
 renamed). Every request it sees is kept in `seen` (method, path, headers).
 """
@@ -64,6 +64,8 @@ class Side:
             await asyncio.sleep(1)
         elif mode == "endless":
             return await _endless(request)
+        elif mode == "chunked" and request.method == "GET":
+            return await _chunked(request, _items_body(request, ITEMS))
         if request.path == "/api/big":
             return web.Response(body=BIG, content_type="application/octet-stream")
         items: list[dict[str, object]] = ITEMS
@@ -71,8 +73,23 @@ class Side:
             items = [{"nonce": uuid.uuid4().hex}, *ITEMS[:3]]
         if mode == "renamed":
             items = [{"ident" if k == "id" else k: v for k, v in item.items()} for item in ITEMS]
-        body = json.dumps({"items": items, "path": request.path_qs}).encode()
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=_items_body(request, items), content_type="application/json")
+
+
+def _items_body(request: web.Request, items: list[dict[str, object]]) -> bytes:
+    return json.dumps({"items": items, "path": request.path_qs}).encode()
+
+
+async def _chunked(request: web.Request, body: bytes) -> web.StreamResponse:
+    # The same JSON as the plain answer, in three chunked pieces with pauses.
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    await response.prepare(request)
+    third = len(body) // 3
+    for piece in (body[:third], body[third : 2 * third], body[2 * third :]):
+        await response.write(piece)
+        await asyncio.sleep(0.01)
+    await response.write_eof()
+    return response
 
 
 async def _endless(request: web.Request) -> web.StreamResponse:

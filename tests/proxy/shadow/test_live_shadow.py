@@ -87,7 +87,7 @@ class Served:
                 await client.send(
                     request(method, target, headers=[("Authorization", "Bearer t-1")])
                 )
-                response = await client.read_response()
+                response = await client.read_response(head=method == "HEAD")
                 answers.append((response.status, response.body))
         finally:
             await client.close()
@@ -158,6 +158,38 @@ async def test_copies_are_sent_marked_and_matched(
     shadow = served.app[PROXY].shadow
     assert shadow is not None
     assert shadow.buffers.used == 0  # every copied body given back
+
+
+@paths
+async def test_a_chunked_primary_is_copied_piece_by_piece(
+    tmp_path: Path, legacy: Side, candidate: Side, serve: Any, fast_lane: bool
+) -> None:
+    legacy.mode = "chunked"
+    routes = write_routes(
+        tmp_path, legacy, candidate, "{to: cand, noise: 0, ignore: {headers: [content-type]}}"
+    )
+    served = await serve(routes, fast_lane=fast_lane)
+    answers = await served.get_all(["/api/items"] * 5)
+    assert answers == [await _direct(candidate, "/api/items")] * 5
+    report = await served.settled("items", 5)
+    assert (report["matched"], report["mismatched"]) == (5, 0), report
+
+
+@paths
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+async def test_head_and_options_are_shadowed(  # noqa: PLR0917 (fixtures)
+    tmp_path: Path, legacy: Side, candidate: Side, serve: Any, fast_lane: bool, method: str
+) -> None:
+    routes = write_routes(tmp_path, legacy, candidate, "{to: cand, noise: 0}")
+    routes.write_text(
+        routes.read_text().replace("GET,POST /api/items", "GET,HEAD,OPTIONS,POST /api/items")
+    )
+    served = await serve(routes, fast_lane=fast_lane)
+    answers = await served.get_all(["/api/items"] * 3, method=method)
+    assert [status for status, _ in answers] == [200] * 3
+    report = await served.settled("items", 3)
+    assert report["matched"] == 3, report
+    assert [m for m, _, _ in candidate.seen] == [method] * 3
 
 
 @paths
