@@ -5,7 +5,7 @@
                    [--trusted-proxy CIDR ...] [--via-pseudonym NAME]
                    [--underscores-in-headers]
                    [--drain-timeout S] [--shadow-dsn DSN]
-                   [--shadow-queue N] [--shadow-workers N]
+                   [--shadow-queue N] [--shadow-workers N] [--shadow-rate N]
     club-proxy check ROUTES          validate like `nginx -t` (exit 0 or 1)
     club-proxy shadow status [--admin URL] [--token T]
                                      the shadowed routes and their verdicts
@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--shadow-workers", type=int, default=16, help="shadow copies in flight, per process"
     )
+    serve.add_argument(
+        "--shadow-rate",
+        type=float,
+        default=200.0,
+        help="shadow copies per second at most, per process (0: no cap)",
+    )
     check = commands.add_parser("check", help="validate a routes file")
     check.add_argument("routes", type=Path)
     add_shadow_commands(commands)
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             shadow_dsn=args.shadow_dsn or None,
             shadow_queue=args.shadow_queue,
             shadow_workers=args.shadow_workers,
+            shadow_rate=args.shadow_rate,
         )
         return run(config)
     except (ProxyError, ValueError, OSError) as exc:

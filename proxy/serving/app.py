@@ -74,6 +74,8 @@ class ShadowLimits:
     queue_size: int = 1024
     workers: int = 16
     max_buffered: int = 64 * 1024 * 1024
+    # Copies per second at most (past it: `rate_limited`); 0: no cap.
+    rate: float = 200.0
 
 
 def server_handler_args(limits: ServerLimits) -> dict[str, object]:
@@ -157,6 +159,7 @@ def _shadow_runtime(
         queue_size=limits.queue_size,
         workers=limits.workers,
         max_buffered=limits.max_buffered,
+        rate=limits.rate,
     )
     runtime.metrics = ShadowMetrics(proxy.metrics.registry, book, runtime.queue.qsize)
     return runtime

@@ -80,13 +80,14 @@ class ServeConfig:
     shadow_dsn: str | None = None
     shadow_queue: int = 1024
     shadow_workers: int = 16
+    shadow_rate: float = 200.0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             msg = f"workers must be at least 1, not {self.workers}"
             raise ValueError(msg)
-        if self.shadow_queue < 1 or self.shadow_workers < 1:
-            msg = "shadow_queue and shadow_workers must be at least 1"
+        if self.shadow_queue < 1 or self.shadow_workers < 1 or self.shadow_rate < 0:
+            msg = "shadow_queue and shadow_workers must be at least 1, shadow_rate at least 0"
             raise ValueError(msg)
         if self.drain_timeout < 0:
             msg = f"drain_timeout must not be negative, not {self.drain_timeout}"
@@ -200,7 +201,11 @@ def build_app(config: ServeConfig, *, access_log: AccessLog | None = None) -> we
         access_log=access_log,
         fast_lane=config.fast_lane,
         shadow_store=ShadowStore(dsn=config.shadow_dsn) if config.shadow_dsn else None,
-        shadow=ShadowLimits(queue_size=config.shadow_queue, workers=config.shadow_workers),
+        shadow=ShadowLimits(
+            queue_size=config.shadow_queue,
+            workers=config.shadow_workers,
+            rate=config.shadow_rate,
+        ),
     )
 
 

@@ -78,8 +78,12 @@ class SkipReason(enum.Enum):
     SAME_TARGET = "same_target"
     QUEUE_FULL = "queue_full"
     BODY_TOO_LARGE = "body_too_large"
+    # The process's cap on copies per second (`--shadow-rate`) was reached.
+    RATE_LIMITED = "rate_limited"
     TIMEOUT = "timeout"
     CANDIDATE_ERROR = "candidate_error"
+    # The candidate failed several copies in a row: its copies pause for a while.
+    CANDIDATE_DOWN = "candidate_down"
     PRIMARY_ERROR = "primary_error"
 
     @property
@@ -88,7 +92,9 @@ class SkipReason(enum.Enum):
         return Outcome.ERROR if self in _ERRORS else Outcome.SKIPPED
 
 
-_ERRORS: Final = frozenset({SkipReason.TIMEOUT, SkipReason.CANDIDATE_ERROR})
+_ERRORS: Final = frozenset(
+    {SkipReason.TIMEOUT, SkipReason.CANDIDATE_ERROR, SkipReason.CANDIDATE_DOWN}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 
 from proxy.routing.model import NEW, SAFE_METHODS
+from proxy.shadow.admission import Admission
 from proxy.shadow.candidate import CandidateClients
 from proxy.shadow.compare import BodyTooLarge, compare
 from proxy.shadow.model import DEFAULT_IGNORED_HEADERS, Answer, CompareRules, Example, SkipReason
@@ -63,10 +64,18 @@ class _Copy:
     shadow: Shadow
     method: str
     target: str
-    headers: tuple[tuple[str, str], ...]
+    # Built by the worker, not on the request path (`request_headers`).
+    headers: Callable[[], Iterable[tuple[str, str]]]
     candidate: Endpoint
     primary_side: Endpoint
     tap: PrimaryTap
+    _built: tuple[tuple[str, str], ...] | None = None
+
+    def request_headers(self) -> tuple[tuple[str, str], ...]:
+        """What an upstream would get for the request, marked as a copy."""
+        if self._built is None:
+            self._built = (*self.headers(), (SHADOW_HEADER, "1"))
+        return self._built
 
 
 class ShadowRuntime:
@@ -80,6 +89,7 @@ class ShadowRuntime:
         queue_size: int = 1024,
         workers: int = 16,
         max_buffered: int = 64 * 1024 * 1024,
+        rate: float = 200.0,
     ) -> None:
         self.book = book
         self.metrics = metrics
@@ -89,6 +99,7 @@ class ShadowRuntime:
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         self._clients = CandidateClients(limit=workers)
+        self.admission = Admission(rate=rate)
         # The in-process `new` app's own socket (proxy.serving.shadowsite), when there is one.
         self.inprocess_socket: str | None = None
 
@@ -131,7 +142,11 @@ class ShadowRuntime:
         shadow = route.shadow
         if shadow is None:
             return None
-        reason = _not_copied(shadow, primary, sampled, method, upgrade=upgrade)
+        reason = (
+            _not_copied(shadow, primary, sampled, method, upgrade=upgrade)
+            or (SkipReason.QUEUE_FULL if self.queue.full() else None)
+            or self.admission.refuse(route.id)
+        )
         if reason is not None:
             self.book.skipped(route.id, reason)
             return None
@@ -140,7 +155,6 @@ class ShadowRuntime:
         if candidate is None or primary_side is None:
             self.book.skipped(route.id, SkipReason.CANDIDATE_ERROR)
             return None
-        copy_headers = (*headers(), (SHADOW_HEADER, "1"))
         loop = asyncio.get_running_loop()
 
         def queue(tap: PrimaryTap) -> bool:
@@ -149,7 +163,7 @@ class ShadowRuntime:
                 shadow=shadow,
                 method=method,
                 target=target,
-                headers=copy_headers,
+                headers=headers,
                 candidate=candidate,
                 primary_side=primary_side,
                 tap=tap,
@@ -195,10 +209,15 @@ class ShadowRuntime:
 
     async def _run(self, copy: _Copy) -> None:
         shadow, route_id = copy.shadow, copy.route_id
+        if self.admission.down(route_id):
+            self.book.skipped(route_id, SkipReason.CANDIDATE_DOWN)
+            return
         candidate = await self._ask(copy, copy.candidate)
         if isinstance(candidate, SkipReason):
+            self.admission.failed(route_id)
             self.book.skipped(route_id, candidate)
             return
+        self.admission.answered(route_id)
         try:
             primary = await asyncio.wait_for(asyncio.shield(copy.tap.answer), _PRIMARY_WAIT)
         except TimeoutError:
@@ -230,7 +249,11 @@ class ShadowRuntime:
         try:
             async with asyncio.timeout(shadow.timeout):
                 return await self._clients.fetch(
-                    endpoint, copy.method, copy.target, copy.headers, max_body=shadow.max_body
+                    endpoint,
+                    copy.method,
+                    copy.target,
+                    copy.request_headers(),
+                    max_body=shadow.max_body,
                 )
         except TimeoutError:
             return SkipReason.TIMEOUT
@@ -290,7 +313,7 @@ def _example(
         at=time.time(),
         method=copy.method,
         target=copy.target,
-        request_headers=redact_headers(copy.headers, headers),
+        request_headers=redact_headers(copy.request_headers(), headers),
         primary=redact_answer(primary, headers, paths),
         candidate=redact_answer(candidate, headers, paths),
         secondary=None if secondary is None else redact_answer(secondary, headers, paths),

@@ -55,6 +55,7 @@ def write_routes(
         "upstreams:\n"
         f'  legacy: {{url: "{legacy.url}"}}\n'
         f'  cand: {{url: "{candidate.url}"}}\n'
+        f'  mirror: {{url: "{legacy.url}"}}\n'
         '  down: {url: "http://127.0.0.1:1", connect_timeout: 1s}\n'
         'new: {app: "tests.proxy.newapp_sample:create_app"}\n'
         "default: legacy\n"
@@ -327,6 +328,41 @@ async def test_a_full_queue_drops_copies_and_counts_them(
     # One copy in flight, one waiting; the other eight found the queue full.
     assert report["skipped"] == {"queue_full": 8}
     assert report["error_reasons"] == {"timeout": 2}
+
+
+@paths
+async def test_a_failing_candidate_is_paused_and_other_routes_go_on(
+    tmp_path: Path, legacy: Side, candidate: Side, serve: Any, fast_lane: bool
+) -> None:
+    candidate.mode = "reset"
+    extra = '  - {id: other, match: "GET /api/other", to: legacy, shadow: {to: mirror, noise: 0}}\n'
+    routes = write_routes(tmp_path, legacy, candidate, "{to: cand, noise: 0}", extra)
+    served = await serve(routes, fast_lane=fast_lane)
+    await served.get_all(["/api/items"] * 5)
+    assert (await served.settled("items", 5))["error_reasons"] == {"candidate_error": 5}
+    # Five failures in a row: the route's copies pause (no request reaches the candidate).
+    seen = len(candidate.seen)
+    await served.get_all(["/api/items"] * 7)
+    report = await served.settled("items", 12)
+    assert report["error_reasons"] == {"candidate_error": 5, "candidate_down": 7}
+    assert len(candidate.seen) == seen
+    # Another route's copies are not held up by it.
+    await served.get_all(["/api/other"] * 5)
+    assert (await served.settled("other", 5))["matched"] == 5
+
+
+@paths
+async def test_copies_per_second_are_capped(
+    tmp_path: Path, legacy: Side, candidate: Side, serve: Any, fast_lane: bool
+) -> None:
+    routes = write_routes(tmp_path, legacy, candidate, "{to: cand, noise: 0}")
+    served = await serve(routes, fast_lane=fast_lane, limits=ShadowLimits(rate=5))
+    answers = await served.get_all(["/api/items"] * 30)
+    assert [status for status, _ in answers] == [200] * 30
+    report = await served.settled("items", 30)
+    # A burst of one second's worth (5), then about 5 per second.
+    assert 5 <= report["matched"] <= 8, report
+    assert report["skipped"] == {"rate_limited": 30 - report["matched"]}
 
 
 @paths

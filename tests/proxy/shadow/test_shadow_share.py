@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from proxy.serving.app import ShadowLimits
 from tests.proxy.forward_support import RawClient, request
 from tests.proxy.shadow.test_live_shadow import candidate, legacy, serve, write_routes
 
@@ -40,7 +41,8 @@ async def test_the_shadow_sample_holds_through_the_proxy(  # noqa: PLR0917 (fixt
         f'  - {{id: users, match: "GET /api/users/{{id}}", to: {to},'
         f" shadow: {{to: {shadow_to}, sample: {SAMPLE}, noise: 0}}}}\n"
     )
-    served = await serve(write_routes(tmp_path, legacy, candidate, "{to: cand}", extra), fast_lane=fast_lane)
+    routes = write_routes(tmp_path, legacy, candidate, "{to: cand}", extra)
+    served = await serve(routes, fast_lane=fast_lane, limits=ShadowLimits(rate=0))
     random.seed(20261208)
     for n in range(REQUESTS):
         client = await RawClient.connect(served.port)

@@ -1,0 +1,80 @@
+"""Which copies a process can afford: a rate cap, and a breaker per route for a failing candidate.
+
+Copies cost the proxy CPU on the same event loop as the clients' requests
+(a second request, a comparison), so the runtime takes at most `rate` copies
+per second per process (a token bucket; 0: no cap, GoReplay's `|N` limiter)
+and drops the rest as `rate_limited`. A candidate that keeps timing out or
+failing would hold every worker and fill the queue for every route; after
+`failures` errors in a row its route's copies stop (`candidate_down`) for a
+cool-down that doubles while it keeps failing (Envoy's outlier ejection), and
+one copy is let through when it ends to see whether the candidate is back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from time import monotonic
+from typing import Final
+
+from proxy.shadow.model import SkipReason
+
+__all__ = ["Admission"]
+
+_FAILURES: Final = 5
+_COOLDOWN: Final = 5.0
+_MAX_COOLDOWN: Final = 60.0
+
+
+@dataclass(slots=True)
+class _Breaker:
+    failures: int = 0
+    open_until: float = 0.0
+    cooldown: float = _COOLDOWN
+
+
+class Admission:
+    """`refuse(route)` on the request path; `failed` / `answered` from the workers."""
+
+    __slots__ = ("_breakers", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, *, rate: float) -> None:
+        self._rate = rate
+        self._tokens = rate  # a burst of one second's worth
+        self._stamp = monotonic()
+        self._breakers: dict[str, _Breaker] = {}
+
+    def refuse(self, route_id: str) -> SkipReason | None:
+        """Why a new copy of this route must not be made now, or None (a token is taken)."""
+        if self.down(route_id):
+            return SkipReason.CANDIDATE_DOWN
+        rate = self._rate
+        if rate <= 0:
+            return None
+        now = monotonic()
+        tokens = min(rate, self._tokens + (now - self._stamp) * rate)
+        self._stamp = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return SkipReason.RATE_LIMITED
+        self._tokens = tokens - 1.0
+        return None
+
+    def down(self, route_id: str) -> bool:
+        """Whether the route's candidate is in its cool-down."""
+        breaker = self._breakers.get(route_id)
+        return breaker is not None and breaker.open_until > monotonic()
+
+    def failed(self, route_id: str) -> None:
+        """The candidate timed out or failed on a copy of this route."""
+        breaker = self._breakers.setdefault(route_id, _Breaker())
+        breaker.failures += 1
+        if breaker.failures >= _FAILURES:
+            breaker.open_until = monotonic() + breaker.cooldown
+            breaker.cooldown = min(breaker.cooldown * 2, _MAX_COOLDOWN)
+            # One more failure after the cool-down opens it again at once.
+            breaker.failures = _FAILURES - 1
+
+    def answered(self, route_id: str) -> None:
+        """The candidate answered a copy of this route: it is healthy again."""
+        if route_id in self._breakers:
+            del self._breakers[route_id]
