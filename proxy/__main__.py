@@ -11,6 +11,8 @@
                                      the shadowed routes and their verdicts
     club-proxy shadow suggest ROUTE [--admin URL] [--token T]
                                      the ignore rules learned noise suggests, as YAML
+    club-proxy capture export FILE.jsonl --har OUT.har
+                                     a capture file as HAR 1.2
 
 The admin token may also come from CLUB_PROXY_ADMIN_TOKEN and the shadow
 store's DSN from CLUB_PROXY_SHADOW_DSN, so they stay out of the process list. Logging is configured here and nowhere else: JSON lines,
@@ -25,7 +27,9 @@ import sys
 from pathlib import Path
 
 from proxy.errors import ProxyError
+from proxy.serving.capturecli import add_capture_commands, run_capture_command
 from proxy.serving.check import run_check
+from proxy.serving.comparecli import add_compare_command, run_compare
 from proxy.serving.server import ServeConfig, run
 from proxy.serving.shadowcli import add_shadow_commands, run_shadow_command
 from proxy.telemetry.accesslog import configure_logging
@@ -96,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a routes file")
     check.add_argument("routes", type=Path)
     add_shadow_commands(commands)
+    add_compare_command(commands)
+    add_capture_commands(commands)
     return parser
 
 
@@ -106,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_check(args.routes)
     if args.command == "shadow":
         return run_shadow_command(args)
+    if args.command == "compare":
+        return run_compare(args)
+    if args.command == "capture":
+        return run_capture_command(args)
     configure_logging(args.log_level, access_log=not args.no_access_log)
     try:
         config = ServeConfig(

@@ -11,19 +11,20 @@ a canary route's requests to the canary with the weight squared.
 
 The shadow draw (whether a copy of the request goes to the other side) is
 made here too, for the same reason: `Decision.shadow` is the route's
-`shadow:` when this request is in its sample, else None.
+`shadow:` when this request is in its sample, else None; and so is the
+capture draw (`Decision.capture`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
-from proxy.routing.canary import choose_target, shadow_sampled
+from proxy.routing.canary import capture_sampled, choose_target, shadow_sampled
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from proxy.routing.model import Route, RouteMatch, Shadow
+    from proxy.routing.model import Capture, Route, RouteMatch, Shadow
     from proxy.routing.table import RouteTable
 
 __all__ = ["CookieSource", "Decision", "PendingDecision", "decide", "take_decision"]
@@ -32,13 +33,15 @@ __all__ = ["CookieSource", "Decision", "PendingDecision", "decide", "take_decisi
 class Decision(NamedTuple):
     """Where one request goes: its route (None: the default target), on which table.
 
-    `shadow`: the route's `shadow:` when this request was drawn for a copy.
+    `shadow`: the route's `shadow:` when this request was drawn for a copy;
+    `capture`: the route's `capture:` when it was drawn to be recorded.
     """
 
     table: RouteTable
     route: Route | None
     target: str
     shadow: Shadow | None = None
+    capture: Capture | None = None
 
 
 class CookieSource(Protocol):
@@ -65,14 +68,19 @@ def decide(
     """
     route = match.route
     if route is None:
-        return _new_decision(Decision, (table, route, match.target, None))
+        return _new_decision(Decision, (table, route, match.target, None, None))
     target = (
         match.target if route.canary is None else choose_target(match, headers, cookies.cookies)
     )
+    if not route.tapped:
+        return _new_decision(Decision, (table, route, target, None, None))
     shadow = route.shadow
     if shadow is not None and not shadow_sampled(shadow, headers):
         shadow = None
-    return _new_decision(Decision, (table, route, target, shadow))
+    capture = route.capture
+    if capture is not None and not capture_sampled(capture):
+        capture = None
+    return _new_decision(Decision, (table, route, target, shadow, capture))
 
 
 class PendingDecision(NamedTuple):

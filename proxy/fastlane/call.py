@@ -122,14 +122,15 @@ class LaneCall:
         # The answer came past aiohttp's parser (`_relay_plain`).
         self._plain = False
         self.task: asyncio.Task[None] | None = None
-        # A copy of the answer for the route's shadow; routes without one pay this test only.
+        # A copy of the answer for the route's shadow or capture; other routes pay this test.
         self._tap: PrimaryTap | None = None
-        if route is not None and route.shadow is not None and proxy.shadow is not None:
+        if route is not None and route.tapped and proxy.shadow is not None:
             self._tap = proxy.shadow.begin(
                 decision.table,
                 route,
                 target,
                 decision.shadow,
+                decision.capture,
                 method=message.method,
                 target=message.path,
                 headers=self._copy_headers,

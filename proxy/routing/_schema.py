@@ -23,6 +23,7 @@ from proxy.routing.model import (
     NEW,
     SAFE_METHODS,
     Canary,
+    Capture,
     NewTarget,
     Route,
     Shadow,
@@ -79,7 +80,7 @@ def parse_document(data: bytes, source: Path) -> Document:
         default = targets.check(top["default"])
     routes: list[tuple[int, Route, Pattern]] = []
     if "routes" in top:
-        routes = _routes(top["routes"], targets, errors)
+        routes = _routes(top["routes"], targets, errors, source)
     matcher = None
     with _collect(errors):
         matcher = Matcher.build(routes, default=default, path=source)
@@ -217,14 +218,14 @@ def _new(node: Node, source: Path) -> NewTarget:
 
 
 def _routes(
-    node: Node, targets: _Targets, errors: list[RoutesError]
+    node: Node, targets: _Targets, errors: list[RoutesError], source: Path
 ) -> list[tuple[int, Route, Pattern]]:
     routes: list[tuple[int, Route, Pattern]] = []
     seen: dict[str, Route] = {}
     with _collect(errors):
         for index, item in enumerate(node.sequence()):
             with _collect(errors):
-                route, pattern = _route(item, targets)
+                route, pattern = _route(item, targets, source)
                 if (first := seen.get(route.id)) is not None:
                     msg = f"duplicate route id {route.id!r} (first at line {first.line})"
                     raise item.error(msg)
@@ -233,10 +234,10 @@ def _routes(
     return routes
 
 
-def _route(node: Node, targets: _Targets) -> tuple[Route, Pattern]:
+def _route(node: Node, targets: _Targets, source: Path) -> tuple[Route, Pattern]:
     spec = node.mapping(
         required=("id", "match", "to"),
-        optional=("canary", "timeouts", "request_buffering", "shadow"),
+        optional=("canary", "timeouts", "request_buffering", "shadow", "capture"),
     )
     route_id = spec["id"].string()
     if not _NAME.fullmatch(route_id):
@@ -248,6 +249,7 @@ def _route(node: Node, targets: _Targets) -> tuple[Route, Pattern]:
     timeouts = _timeouts(spec["timeouts"]) if "timeouts" in spec else Timeouts()
     buffering = _buffering(spec["request_buffering"]) if "request_buffering" in spec else None
     shadow = _shadow(spec["shadow"], to, methods, targets) if "shadow" in spec else None
+    capture = _capture(spec["capture"], source) if "capture" in spec else None
     route = Route(
         id=route_id,
         methods=methods,
@@ -257,6 +259,7 @@ def _route(node: Node, targets: _Targets) -> tuple[Route, Pattern]:
         timeouts=timeouts,
         request_buffering=buffering,
         shadow=shadow,
+        capture=capture,
         line=node.line,
     )
     return route, pattern
@@ -451,6 +454,64 @@ _SHADOW_KEYS: dict[str, Any] = {
     "timeout": lambda node: {"timeout": node.duration()},
     "verdict": _verdict,
     "redact": _redact,
+}
+
+
+def _capture(node: Node, source: Path) -> Capture:
+    """A route's `capture:`; every problem in it is reported, not only the first."""
+    spec = node.mapping(required=("file",), optional=("sample", "max_body", "max_size", "redact"))
+    errors: list[RoutesError] = []
+    kwargs: dict[str, Any] = {}
+    with _collect(errors):
+        text = spec["file"].string()
+        if not text.strip():
+            msg = "file must name a file"
+            raise spec["file"].error(msg)
+        # Relative to the routes file, as new.config_dir.
+        kwargs["file"] = (source.parent / text).resolve()
+    for key, parse in _CAPTURE_KEYS.items():
+        if key in spec:
+            with _collect(errors):
+                kwargs.update(parse(spec[key]))
+    if errors:
+        raise RoutesError.collect(errors)
+    return Capture(**kwargs)
+
+
+def _capture_redact(node: Node) -> dict[str, Any]:
+    spec = node.mapping(optional=("headers", "query", "json"))
+    errors: list[RoutesError] = []
+    found: dict[str, Any] = {}
+    with _collect(errors):
+        if "headers" in spec:
+            found["redact_headers"] = _header_names(spec["headers"])
+    with _collect(errors):
+        if "query" in spec:
+            found["redact_query"] = frozenset(item.string() for item in spec["query"].sequence())
+    with _collect(errors):
+        if "json" in spec:
+            found["redact_json"] = _json_paths(spec["json"])
+    if errors:
+        raise RoutesError.collect(errors)
+    return found
+
+
+def _positive_size(key: str) -> Any:
+    def parse(node: Node) -> dict[str, int]:
+        size = node.size()
+        if size <= 0:
+            msg = f"{key} must be above zero"
+            raise node.error(msg)
+        return {key: size}
+
+    return parse
+
+
+_CAPTURE_KEYS: dict[str, Any] = {
+    "sample": _share("sample"),
+    "max_body": lambda node: {"max_body": node.size()},
+    "max_size": _positive_size("max_size"),
+    "redact": _capture_redact,
 }
 
 

@@ -20,9 +20,9 @@ from proxy.routing.model import StickyKind
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from proxy.routing.model import RouteMatch, Shadow
+    from proxy.routing.model import Capture, RouteMatch, Shadow
 
-__all__ = ["choose_target", "shadow_sampled", "sticky_bucket"]
+__all__ = ["capture_sampled", "choose_target", "shadow_sampled", "sticky_bucket"]
 
 _random = random.random
 _SCALE = float(2**64)
@@ -70,3 +70,9 @@ def shadow_sampled(shadow: Shadow, headers: Mapping[str, str]) -> bool:
         if value:
             return sticky_bucket(value) < sample
     return _random() < sample
+
+
+def capture_sampled(capture: Capture) -> bool:
+    """Whether this request is in the route's capture `sample` (a random draw)."""
+    sample = capture.sample
+    return sample >= 1.0 or (sample > 0.0 and _random() < sample)

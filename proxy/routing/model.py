@@ -22,6 +22,7 @@ __all__ = [
     "NEW",
     "SAFE_METHODS",
     "Canary",
+    "Capture",
     "NewTarget",
     "Route",
     "RouteMatch",
@@ -130,6 +131,24 @@ class Shadow:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Capture:
+    """Record `sample` of a route's exchanges to `file`, one JSON line each, secrets masked.
+
+    `file` is absolute (relative paths are anchored at the routes file); it is
+    rotated to `<file>.1` at `max_size`. `redact_*` are masked besides
+    Authorization, Proxy-Authorization, Cookie and Set-Cookie values.
+    """
+
+    file: Path
+    sample: float = 0.01
+    max_body: int = 256 * 1024
+    max_size: int = 1024 * 1024 * 1024
+    redact_headers: frozenset[str] = frozenset()
+    redact_query: frozenset[str] = frozenset()
+    redact_json: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ShadowStore:
     """The PostgreSQL where shadow results of every replica go (`shadow_store:`)."""
 
@@ -159,7 +178,14 @@ class Route:
     # Overrides the upstream's `request_buffering` (0: stream every body).
     request_buffering: int | None = None
     shadow: Shadow | None = None
+    capture: Capture | None = None
     line: int = 0  # where the route starts in routes.yaml, for messages
+    # Whether a request path must watch the answer (a shadow or a capture):
+    # the one test routes without either pay.
+    tapped: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tapped", self.shadow is not None or self.capture is not None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

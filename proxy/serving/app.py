@@ -28,6 +28,7 @@ from proxy.routing.model import NEW, Upstream
 from proxy.routing.reload import RoutesWatcher
 from proxy.serving.check import reload_errors
 from proxy.serving.shadowsite import ShadowSite
+from proxy.shadow.capture import CaptureWriter
 from proxy.shadow.metrics import ShadowMetrics
 from proxy.shadow.results import ShadowBook
 from proxy.shadow.runtime import ShadowRuntime
@@ -132,6 +133,8 @@ async def _shadow(proxy: Proxy, inprocess: InProcessApp | None) -> AsyncIterator
     watcher.add_listener(lambda old, new: _follow_table(shadow, old, new))
     site = ShadowSite(inprocess) if inprocess is not None else None
     await shadow.start()
+    if shadow.capture is not None:
+        await shadow.capture.start()
     try:
         if site is not None:
             shadow.inprocess_socket = await site.start()
@@ -139,6 +142,8 @@ async def _shadow(proxy: Proxy, inprocess: InProcessApp | None) -> AsyncIterator
     finally:
         if site is not None:
             await site.close()
+        if shadow.capture is not None:
+            await shadow.capture.close()
         await shadow.close()
 
 
@@ -161,7 +166,10 @@ def _shadow_runtime(
         max_buffered=limits.max_buffered,
         rate=limits.rate,
     )
-    runtime.metrics = ShadowMetrics(proxy.metrics.registry, book, runtime.queue.qsize)
+    runtime.capture = CaptureWriter()
+    runtime.metrics = ShadowMetrics(
+        proxy.metrics.registry, book, runtime.queue.qsize, runtime.capture.counts
+    )
     return runtime
 
 

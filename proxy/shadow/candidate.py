@@ -1,8 +1,8 @@
 """Send one copy of a request to a side and read its answer, capped.
 
 The copies have their own connection pools and limits, never the primary's:
-a slow or failing candidate can only use up its own connections. A TCP side
-is reached through the proxy's thin HTTP/1.1 client (`proxy.upstream.client`):
+a slow or failing candidate can only use up its own connections. A side is
+reached through the proxy's thin HTTP/1.1 client (`proxy.upstream.client`):
 the copy's head is written as bytes built here, the answer read by aiohttp's
 own parser, on keep-alive connections, and aiohttp's `ClientSession` (a
 request and response object, URL, multidicts and timers per request: most of
@@ -10,10 +10,9 @@ a copy's CPU) is not involved. Nothing is decompressed (the engine decodes
 both sides the same way), no header is added but a missing `Host`, and no
 cookie is kept.
 
-The in-process `new` app is reached over a Unix socket of its own
-(`proxy.serving.shadowsite`), so each copy is a request of its own with its
-own response writer. `ConnectionPool` connects over TCP only, so that side
-still goes through an aiohttp `ClientSession` on a `UnixConnector`.
+The in-process `new` app is reached the same way over a Unix socket of its
+own (`proxy.serving.shadowsite`), so each copy is a request of its own with
+its own response writer.
 
 Every failure is an `aiohttp.ClientError`, an `OSError` or a `TimeoutError`
 (what the shadow runtime catches); a copy cancelled mid-answer (the route's
@@ -45,9 +44,6 @@ __all__ = ["CandidateClients", "Endpoint", "request_head"]
 
 logger = logging.getLogger(__name__)
 
-_READ_SIZE: Final = 64 * 1024
-# aiohttp's client adds these unless told not to; the client's own travel in the copy.
-_SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # How long an idle connection to a side is kept (aiohttp's connector default,
 # what the sessions used): a side that closes sooner costs one stale-connection
 # retry (`ConnectionPool.request`), never a failed copy.
@@ -110,11 +106,11 @@ def request_head(
 
 
 class _Side:
-    """A TCP side's pool and what its request heads need."""
+    """A side's pool and what its request heads need."""
 
     __slots__ = ("host", "pool", "prefix", "url")
 
-    def __init__(self, base: str, limit: int) -> None:
+    def __init__(self, base: str, limit: int, unix: str | None = None) -> None:
         url = URL(base, encoded=True)
         if url.scheme not in {"http", "https"} or not url.raw_host:
             msg = f"not an http(s) side: {base!r}"
@@ -132,18 +128,18 @@ class _Side:
             limit=limit,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
             limits=_LIMITS,
+            unix=unix,
         )
 
 
 class CandidateClients:
-    """One pool (TCP) or session (Unix socket) per endpoint, each with at most `limit` connections."""
+    """One pool per endpoint (TCP or Unix socket), each with at most `limit` connections."""
 
-    __slots__ = ("_limit", "_sessions", "_sides")
+    __slots__ = ("_limit", "_sides")
 
     def __init__(self, *, limit: int) -> None:
         self._limit = limit
-        self._sides: dict[str, _Side] = {}
-        self._sessions: dict[Endpoint, aiohttp.ClientSession] = {}
+        self._sides: dict[Endpoint, _Side] = {}
 
     async def fetch(
         self,
@@ -161,12 +157,10 @@ class CandidateClients:
         aiohttp.ClientError (OSError for some), TimeoutError or aiohttp.InvalidURL.
         No timeout of its own: the caller bounds the whole copy.
         """
-        base, unix = endpoint
-        if unix is not None:
-            return await self._fetch_session(endpoint, method, target, headers, max_body=max_body)
-        side = self._sides.get(base)
+        side = self._sides.get(endpoint)
         if side is None:
-            side = self._sides[base] = _Side(base, self._limit)
+            base, unix = endpoint
+            side = self._sides[endpoint] = _Side(base, self._limit, unix)
             logger.debug("proxy.shadow_pool", extra={"endpoint": base})
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         head = request_head(method, side.prefix + target, pairs, default_host=side.host)
@@ -211,66 +205,11 @@ class CandidateClients:
             else:
                 exchange.release(reuse=False)
 
-    async def _fetch_session(
-        self,
-        endpoint: Endpoint,
-        method: str,
-        target: str,
-        headers: Mapping[str, str] | tuple[tuple[str, str], ...],
-        *,
-        max_body: int,
-    ) -> Answer:
-        session = self._session(endpoint)
-        start = perf_counter()
-        url = URL(endpoint[0] + target, encoded=True)
-        async with session.request(
-            method,
-            url,
-            headers=headers,
-            allow_redirects=False,
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-        ) as response:
-            chunks: list[bytes] = []
-            size = 0
-            truncated = False
-            while chunk := await response.content.read(_READ_SIZE):
-                size += len(chunk)
-                if size > max_body:
-                    truncated = True
-                    response.close()
-                    break
-                chunks.append(chunk)
-            return Answer(
-                status=response.status,
-                headers=tuple(response.headers.items()),
-                body=b"" if truncated else b"".join(chunks),
-                truncated=truncated,
-                latency=perf_counter() - start,
-            )
-
-    def _session(self, endpoint: Endpoint) -> aiohttp.ClientSession:
-        session = self._sessions.get(endpoint)
-        if session is None or session.closed:
-            base, unix = endpoint
-            connector = aiohttp.UnixConnector(path=unix or "", limit=self._limit)
-            session = self._sessions[endpoint] = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                # The route's shadow timeout bounds the whole copy (the runtime).
-                timeout=aiohttp.ClientTimeout(total=None),
-            )
-            logger.debug("proxy.shadow_session", extra={"endpoint": base, "unix": unix})
-        return session
-
     async def close(self) -> None:
         """Close every pool and session (a copy in flight closes its connection when done)."""
         sides, self._sides = self._sides, {}
-        sessions, self._sessions = self._sessions, {}
         for side in sides.values():
             await side.pool.close()
-        for session in sessions.values():
-            await session.close()
 
 
 def _broken_head(

@@ -298,7 +298,7 @@ def _from_entry(entry: dict[str, Any]) -> Recorded:
             status=int(response["status"]),
             headers=tuple((h["name"], h["value"]) for h in response.get("headers", [])),
             body=_har_body(response.get("content") or {}),
-            latency=float(entry.get("time") or 0.0) / 1000,
+            latency=round(float(entry.get("time") or 0.0) / 1000, 6),
         )
     return Recorded(
         at=_parse_time(entry.get("startedDateTime")),

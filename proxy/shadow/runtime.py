@@ -35,9 +35,10 @@ from proxy.shadow.tap import Buffers, PrimaryTap
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from proxy.routing.model import Route, Shadow
+    from proxy.routing.model import Capture, Route, Shadow
     from proxy.routing.table import RouteTable
     from proxy.shadow.candidate import Endpoint
+    from proxy.shadow.capture import CaptureWriter
     from proxy.shadow.metrics import ShadowMetrics
     from proxy.shadow.model import Difference
     from proxy.shadow.results import ShadowBook
@@ -102,6 +103,8 @@ class ShadowRuntime:
         self.admission = Admission(rate=rate)
         # The in-process `new` app's own socket (proxy.serving.shadowsite), when there is one.
         self.inprocess_socket: str | None = None
+        # Where captured exchanges go; None: captures are off in this process.
+        self.capture: CaptureWriter | None = None
 
     async def start(self) -> None:
         await self.book.start()
@@ -128,17 +131,79 @@ class ShadowRuntime:
         route: Route,
         primary: str,
         sampled: Shadow | None,
+        captured: Capture | None = None,
         *,
         method: str,
         target: str,
         headers: Callable[[], Iterable[tuple[str, str]]],
         upgrade: bool = False,
     ) -> PrimaryTap | None:
-        """A tap for this request's primary answer, or None (the reason is counted).
+        """A tap for this request's primary answer, or None (a skipped copy is counted).
 
-        `route.shadow` is set; `sampled` is the decision's draw; `headers`
-        builds the headers an upstream would get (only called for a copy).
+        `route.tapped` is set; `sampled` and `captured` are the decision's
+        draws; `headers` builds the headers an upstream would get (called
+        off the request path, for a copy or a capture).
         """
+        copy = self._copy(table, route, primary, sampled, method=method, upgrade=upgrade)
+        capture = captured if self.capture is not None and not upgrade else None
+        if copy is None and capture is None:
+            return None
+        shadow = route.shadow
+        route_id = route.id
+        loop = asyncio.get_running_loop()
+
+        def queue(tap: PrimaryTap) -> bool:
+            if copy is None or shadow is None:
+                return True  # a capture only: keep the body
+            candidate, primary_side = copy
+            try:
+                self.queue.put_nowait(
+                    _Copy(
+                        route_id=route_id,
+                        shadow=shadow,
+                        method=method,
+                        target=target,
+                        headers=headers,
+                        candidate=candidate,
+                        primary_side=primary_side,
+                        tap=tap,
+                    )
+                )
+            except asyncio.QueueFull:
+                self.book.skipped(route_id, SkipReason.QUEUE_FULL)
+                return capture is not None
+            return True
+
+        limits = (
+            shadow.max_body if copy is not None and shadow is not None else 0,
+            capture.max_body if capture is not None else 0,
+        )
+        tap = PrimaryTap(
+            max_body=max(limits),
+            buffers=self.buffers,
+            answer=loop.create_future(),
+            on_start=queue,
+            on_lost=functools.partial(self.book.skipped, route_id, SkipReason.PRIMARY_ERROR)
+            if copy is not None
+            else _nothing,
+        )
+        if capture is not None and self.capture is not None:
+            self.capture.follow(
+                capture, route_id, method=method, target=target, headers=headers, tap=tap
+            )
+        return tap
+
+    def _copy(
+        self,
+        table: RouteTable,
+        route: Route,
+        primary: str,
+        sampled: Shadow | None,
+        *,
+        method: str,
+        upgrade: bool,
+    ) -> tuple[Endpoint, Endpoint] | None:
+        """Where this request's copy goes (candidate, primary side), or None (counted)."""
         shadow = route.shadow
         if shadow is None:
             return None
@@ -155,33 +220,7 @@ class ShadowRuntime:
         if candidate is None or primary_side is None:
             self.book.skipped(route.id, SkipReason.CANDIDATE_ERROR)
             return None
-        loop = asyncio.get_running_loop()
-
-        def queue(tap: PrimaryTap) -> bool:
-            copy = _Copy(
-                route_id=route.id,
-                shadow=shadow,
-                method=method,
-                target=target,
-                headers=headers,
-                candidate=candidate,
-                primary_side=primary_side,
-                tap=tap,
-            )
-            try:
-                self.queue.put_nowait(copy)
-            except asyncio.QueueFull:
-                self.book.skipped(route.id, SkipReason.QUEUE_FULL)
-                return False
-            return True
-
-        return PrimaryTap(
-            max_body=shadow.max_body,
-            buffers=self.buffers,
-            answer=loop.create_future(),
-            on_start=queue,
-            on_lost=functools.partial(self.book.skipped, route.id, SkipReason.PRIMARY_ERROR),
-        )
+        return candidate, primary_side
 
     def _endpoint(self, table: RouteTable, target: str) -> Endpoint | None:
         if target != NEW:
@@ -225,7 +264,8 @@ class ShadowRuntime:
         if not isinstance(primary, Answer):
             self.book.skipped(route_id, primary or SkipReason.PRIMARY_ERROR)
             return
-        if candidate.truncated:
+        if candidate.truncated or primary.truncated or len(primary.body) > shadow.max_body:
+            # (The tap keeps up to a capture's max_body when that one is larger.)
             self.book.skipped(route_id, SkipReason.BODY_TOO_LARGE)
             return
         secondary = None
@@ -267,6 +307,10 @@ class ShadowRuntime:
         if self.metrics is not None:
             self.metrics.latency(route_id, "primary", primary.latency)
             self.metrics.latency(route_id, "candidate", candidate.latency)
+
+
+def _nothing() -> None:
+    """A capture-only tap has nothing to count when the primary fails."""
 
 
 def _not_copied(

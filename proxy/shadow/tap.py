@@ -2,8 +2,9 @@
 
 A request path that relays a shadowed request calls `started` with the
 answer's head, `feed` with each body piece it writes to the client, and
-`finished` once; it never waits on the tap. The copy stops at the route's
-`max_body` (the relay goes on): an answer cut there is not compared. All the
+`finished` once; it never waits on the tap. The copy stops at `max_body`
+(the relay goes on): the answer is marked truncated (a shadow does not
+compare it; a capture records what it has). All the
 taps of a process share one `Buffers` budget, so the bytes held for copies
 stay bounded however many are queued.
 """
@@ -35,9 +36,11 @@ class Buffers:
 class PrimaryTap:
     """Copies one primary answer; `answer` resolves when the relay is over.
 
-    `answer` gets the `Answer`, or the `SkipReason` it was not kept for
-    (`body_too_large` past `max_body`, `queue_full` past the shared budget),
-    or None when the relay did not complete. `on_start` is called once with
+    `answer` gets the `Answer` (`truncated` past `max_body`), or
+    `SkipReason.QUEUE_FULL` when the shared budget ran out, or None when the
+    relay did not complete. `request_body` is the request's body for a
+    capture: empty for a request without one, None when the path streamed it
+    and kept none. `on_start` is called once with
     the tap when the head is known (the runtime queues the copy then; False:
     not queued); `on_lost` when the primary ended without an answer head (the
     proxy's own 502/504). `release()` gives the bytes back to the budget.
@@ -56,6 +59,7 @@ class PrimaryTap:
         "_status",
         "answer",
         "on_start",
+        "request_body",
     )
 
     def __init__(
@@ -79,6 +83,7 @@ class PrimaryTap:
         self._lost = on_lost
         self.on_start = on_start
         self.answer = answer
+        self.request_body: bytes | None = b""
 
     def started(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
         """The primary's final answer head; the copy may go out from now on."""
@@ -93,10 +98,12 @@ class PrimaryTap:
         if body is None or self._refused is not None:
             return
         size = len(data)
+        room = self._max - self._size
         self._size += size
-        if self._size > self._max:
-            self._drop(SkipReason.BODY_TOO_LARGE)
+        if room <= 0:
             return
+        if size > room:
+            data, size = data[:room], room
         buffers = self._buffers
         if buffers.used + size > buffers.limit:
             self._drop(SkipReason.QUEUE_FULL)
@@ -135,6 +142,7 @@ class PrimaryTap:
                 status=self._status,
                 headers=self._headers,
                 body=b"".join(self._body),
+                truncated=self._size > self._max,
                 latency=perf_counter() - self._start,
             )
         )

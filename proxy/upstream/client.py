@@ -95,7 +95,7 @@ class _Slots:
 
 
 class ConnectionPool:
-    """Keep-alive connections to one upstream (`host`:`port`, TLS when `ssl`)."""
+    """Keep-alive connections to one upstream (`host`:`port`, TLS when `ssl`; or a Unix socket)."""
 
     def __init__(
         self,
@@ -106,8 +106,12 @@ class ConnectionPool:
         limit: int,
         keepalive_timeout: float,
         limits: ClientLimits,
+        unix: str | None = None,
     ) -> None:
         self.host = host
+        # A Unix socket path instead of host:port (the in-process app's own
+        # socket for shadow copies, `proxy.serving.shadowsite`).
+        self.unix = unix
         self.port = port
         self.ssl = ssl
         self.limit = limit
@@ -236,15 +240,21 @@ class ConnectionPool:
         loop = self._loop or self._get_loop()
         try:
             async with asyncio.timeout_at(deadline):
-                _, proto = await loop.create_connection(
-                    lambda: ResponseProtocol(loop),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.host if self.ssl is not None else None,
-                )
+                if self.unix is not None:
+                    _, proto = await loop.create_unix_connection(
+                        lambda: ResponseProtocol(loop), self.unix
+                    )
+                else:
+                    _, proto = await loop.create_connection(
+                        lambda: ResponseProtocol(loop),
+                        self.host,
+                        self.port,
+                        ssl=self.ssl,
+                        server_hostname=self.host if self.ssl is not None else None,
+                    )
         except OSError as exc:
-            msg = f"cannot connect to {self.host}:{self.port}: {exc}"
+            where = self.unix or f"{self.host}:{self.port}"
+            msg = f"cannot connect to {where}: {exc}"
             raise UpstreamUnreachable(msg) from exc
         self._open.add(proto)
         return proto

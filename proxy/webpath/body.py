@@ -30,6 +30,11 @@ class BufferedBody:
     def __init__(self, data: bytes) -> None:
         self._data = data
 
+    @property
+    def data(self) -> bytes:
+        """The whole body, until it is read."""
+        return self._data
+
     def read_nowait(self) -> bytes:
         data, self._data = self._data, b""
         return data

@@ -41,8 +41,9 @@ if TYPE_CHECKING:
     import aiohttp
     from aiohttp import web
 
+    from proxy.core.decision import Decision
     from proxy.core.state import InProcessHandler, Proxy
-    from proxy.routing.model import NewTarget, Route, Shadow
+    from proxy.routing.model import NewTarget, Route
     from proxy.routing.table import RouteTable
     from proxy.shadow.tap import PrimaryTap
 
@@ -112,8 +113,8 @@ class WebPath:
             target_bytes=target_bytes,
             start=perf_counter(),
         )
-        if route is not None and route.shadow is not None and proxy.shadow is not None:
-            call.tap = self._tap(call, decision.shadow)
+        if route is not None and route.tapped and proxy.shadow is not None:
+            call.tap = self._tap(call, decision)
         response: web.StreamResponse | None = None
         proxy.metrics.in_flight += 1
         try:
@@ -187,23 +188,27 @@ class WebPath:
             response.headers["X-Request-ID"] = call.rid
         return response
 
-    def _tap(self, call: _Call, sampled: Shadow | None) -> PrimaryTap | None:
-        """The route's shadow: a tap on this request's answer, or None (counted)."""
+    def _tap(self, call: _Call, decision: Decision) -> PrimaryTap | None:
+        """The route's shadow or capture: a tap on this request's answer, or None."""
         shadow = self.proxy.shadow
         route = call.route
         if shadow is None or route is None:
             return None
         request = call.request
-        return shadow.begin(
+        tap = shadow.begin(
             call.table,
             route,
             call.target,
-            sampled,
+            decision.shadow,
+            decision.capture,
             method=request.method,
             target=call.target_bytes,
             headers=lambda: self._upstream_headers(call).items(),
             upgrade="Upgrade" in request.headers and is_websocket_upgrade(request),
         )
+        if tap is not None and request.body_exists:
+            tap.request_body = None  # unknown until the relay has read it whole
+        return tap
 
     def _upstream_headers(self, call: _Call) -> CIMultiDict[str]:
         # What an upstream would see: cleaned headers plus the gateway's own.

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from proxy.core.headers import response_headers, upstream_request_head
 from proxy.upstream.failures import UPSTREAM_FAILURES
 from proxy.upstream.limits import ClientBodyTimeout, body_limits
-from proxy.webpath.body import take_body
+from proxy.webpath.body import BufferedBody, take_body
 from proxy.webpath.responses import (
     ErrorResponse,
     PassThroughResponse,
@@ -79,6 +79,8 @@ async def forward(
     timeout = client_timeout or pool.timeout
     try:
         body = await _take_body(request, body_limits(route, pool.upstream)) if has_body else None
+        if tap is not None and type(body) is BufferedBody:
+            tap.request_body = body.data  # read whole: a capture can keep it
         exchange = await pool.client.request(
             method,
             head,
