@@ -10,6 +10,7 @@
     GET /-/shadow/{route_id}            one route, with examples per difference group
     POST /-/shadow/{route_id}/reset     start the route's results afresh
     GET /-/shadow/{route_id}/suggest    the ignore rules learned noise suggests (JSON and YAML)
+    GET /-/dashboard, GET /-/stats      the dashboard page and its traffic numbers (`dashboard`)
 
 Bound anywhere but loopback, every endpoint requires `Authorization: Bearer
 <token>`; `check_admin_binding` refuses to start without one (Envoy's edge
@@ -26,6 +27,7 @@ from aiohttp import web
 
 from proxy.core.state import PROXY, Proxy
 from proxy.errors import ProxyError
+from proxy.serving.dashboard import add_dashboard
 from proxy.shadow.results import suggestions_yaml
 from proxy.telemetry.metrics import CONTENT_TYPE
 
@@ -172,4 +174,5 @@ def create_admin_app(proxy_app: web.Application, *, token: str | None = None) ->
     app.router.add_get("/-/shadow/{route_id}", shadow_route)
     app.router.add_post("/-/shadow/{route_id}/reset", shadow_reset)
     app.router.add_get("/-/shadow/{route_id}/suggest", shadow_suggest)
+    add_dashboard(app, app[_ADMIN_PROXY])
     return app
