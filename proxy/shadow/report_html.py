@@ -119,16 +119,34 @@ def _rate(rate: float | None) -> str:
 def _routes_table(routes: Sequence[Mapping[str, Any]]) -> str:
     head = "".join(
         f"<th>{h}</th>"
-        for h in ("route", "compared", "match", "mismatch", "noise", "errors", "rate", "verdict")
+        for h in (
+            "route",
+            "compared",
+            "match",
+            "mismatch",
+            "noise",
+            "errors",
+            "rate",
+            "verdict",
+            "gate",
+        )
     )
     rows = [
         f'<tr><td><a href="#{_anchor(r["id"])}">{_esc(r["id"])}</a></td><td>{r["compared"]}</td>'
         f"<td>{r['matched']}</td><td>{r['mismatched']}</td><td>{r['noise']}</td>"
         f"<td>{r['errors']}</td><td>{_rate(r['match_rate'])}</td>"
-        f'<td class="{_esc(r["verdict"])}">{_esc(r["verdict"])}</td></tr>'
+        f'<td class="{_esc(r["verdict"])}">{_esc(r["verdict"])}</td>{_gate(r)}</tr>'
         for r in routes
     ]
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _gate(route: Mapping[str, Any]) -> str:
+    found = route.get("gate")
+    if found is None:
+        return "<td>-</td>"
+    passed = found["passed"]
+    return f'<td class="{"ready" if passed else "not_ready"}">{"pass" if passed else "FAIL"}</td>'
 
 
 def _route(route: Mapping[str, Any], times: tuple[Sequence[float], Sequence[float]]) -> str:
@@ -155,6 +173,7 @@ def _facts(route: Mapping[str, Any]) -> str:
     return _rows(
         [
             ("verdict", f"{route['verdict']}: {route['verdict_reason']}"),
+            ("gate", route["gate"]["reason"] if "gate" in route else "-"),
             ("compared", f"{route['compared']} ({counts})"),
             ("match rate", f"{_rate(route['match_rate'])} (min_match {route['min_match']:.2%})"),
             ("errors", ", ".join(f"{k} {v}" for k, v in route["error_reasons"].items()) or "none"),

@@ -152,7 +152,9 @@ def format_summary(report: Mapping[str, Any]) -> str:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )
     for route in report["routes"]:
-        lines.append(f"{route['id']}: {route['gate']['reason']}; {route['verdict_reason']}")
+        # A not_ready verdict's reason repeats the rate and the groups listed below.
+        why = f"; {route['verdict_reason']}" if route["verdict"] == "collecting" else ""
+        lines.append(f"{route['id']}: {route['gate']['reason']}{why}")
         lines += (_group_line(group) for group in route["differences"][:_TOP_GROUPS])
     return "\n".join(lines) + "\n"
 
