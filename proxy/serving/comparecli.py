@@ -225,17 +225,34 @@ async def _compare(options: CompareOptions, *, out: TextIO, err: TextIO, termina
     book = ShadowBook()
     book.configure(selected)
     started = _now()
+    progress = Progress(
+        total=sum(found.counts[r] for r in selected),
+        stream=err,
+        terminal=terminal,
+        every=options.progress_every,
+    )
+    replay = await _replay(options, rules, book, progress)
+    run = _run_json(options, started, found.total, replay)
+    secrets = {f for v in (options.credentials or {}).values() for f in secret_forms(v)}
+    report = await build_report(
+        book, replay.latency, run, fail_under=options.fail_under, secrets=secrets
+    )
+    out.write(format_summary(report))
+    if options.report is not None:
+        write_reports(options.report, report, replay.latency)
+        out.write(f"report: {options.report / 'report.json'}, {options.report / 'report.html'}\n")
+    return PASSED if all(route["gate"]["passed"] for route in report["routes"]) else FAILED
+
+
+async def _replay(
+    options: CompareOptions, rules: RouteRules, book: ShadowBook, progress: Progress
+) -> Replay:
+    """Start the sides, check they answer, replay every input; the finished replay."""
     clients = CandidateClients(limit=options.concurrency)
     try:
         async with _new_side(options) as new:
             sides = Sides(legacy=(options.legacy, None), new=new)
             await _probe(clients, sides)
-            progress = Progress(
-                total=sum(found.counts[r] for r in selected),
-                stream=err,
-                terminal=terminal,
-                every=options.progress_every,
-            )
             replay = Replay(
                 book=book,
                 clients=clients,
@@ -254,16 +271,7 @@ async def _compare(options: CompareOptions, *, out: TextIO, err: TextIO, termina
                 await progress.close()
     finally:
         await clients.close()
-    run = _run_json(options, started, found.total, replay)
-    secrets = {f for v in (options.credentials or {}).values() for f in secret_forms(v)}
-    report = await build_report(
-        book, replay.latency, run, fail_under=options.fail_under, secrets=secrets
-    )
-    out.write(format_summary(report))
-    if options.report is not None:
-        write_reports(options.report, report, replay.latency)
-        out.write(f"report: {options.report / 'report.json'}, {options.report / 'report.html'}\n")
-    return PASSED if all(route["gate"]["passed"] for route in report["routes"]) else FAILED
+    return replay
 
 
 def _records(paths: Sequence[Path]) -> Iterator[Recorded]:
