@@ -33,10 +33,10 @@ import aiohttp
 
 from proxy.routing.model import NEW, SAFE_METHODS, Shadow
 from proxy.shadow.compare import BodyTooLarge, compare
+from proxy.shadow.copies import SHADOW_HEADER, compare_rules
 from proxy.shadow.model import Answer, Example, Outcome, SkipReason
 from proxy.shadow.records import read_records
 from proxy.shadow.redact import redact_answer, redact_differences, redact_headers
-from proxy.shadow.runtime import SHADOW_HEADER, compare_rules
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence

@@ -4,11 +4,10 @@ The request paths call `ShadowRuntime.begin` for a request of a shadowed
 route (and only then: other routes pay nothing). It counts why a request is
 not copied, or returns a `PrimaryTap` the path feeds while it relays. When the
 primary's head is known the copy is queued (a bounded queue: full means the
-copy is dropped and counted); a fixed set of worker tasks sends it to the
-candidate with the route's timeout and body cap, waits for the rest of the
-primary, asks the primary side a second time for the route's `noise` share
-(Diffy's secondary), compares (`proxy.shadow.compare`) and records the outcome
-(`proxy.shadow.results.ShadowBook`). Nothing here is awaited by a request.
+copy is dropped and counted); a fixed set of worker tasks takes the copies
+(`proxy.shadow.copies.CopyWorker`: the candidate, the primary's second
+answer, the comparison, the outcome). A capture (`proxy.shadow.capture`)
+shares the tap. Nothing here is awaited by a request.
 """
 
 from __future__ import annotations
@@ -17,19 +16,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
-import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from proxy.routing.model import NEW, SAFE_METHODS
 from proxy.shadow.admission import Admission
 from proxy.shadow.candidate import CandidateClients
-from proxy.shadow.compare import BodyTooLarge, compare
-from proxy.shadow.model import DEFAULT_IGNORED_HEADERS, Answer, CompareRules, Example, SkipReason
-from proxy.shadow.redact import redact_answer, redact_differences, redact_headers
+from proxy.shadow.copies import Copy, CopyWorker
+from proxy.shadow.model import SkipReason
 from proxy.shadow.tap import Buffers, PrimaryTap
 
 if TYPE_CHECKING:
@@ -40,43 +33,11 @@ if TYPE_CHECKING:
     from proxy.shadow.candidate import Endpoint
     from proxy.shadow.capture import CaptureWriter
     from proxy.shadow.metrics import ShadowMetrics
-    from proxy.shadow.model import Difference
     from proxy.shadow.results import ShadowBook
 
-__all__ = ["SHADOW_HEADER", "ShadowRuntime"]
+__all__ = ["ShadowRuntime"]
 
 logger = logging.getLogger(__name__)
-
-# Marks a copy, so a side can tell it from a real request.
-SHADOW_HEADER: Final = "X-Club-Shadow"
-# Bodies above this (both sides together) are compared in a thread, so a
-# large JSON document does not hold the event loop for its whole diff.
-_THREAD_COMPARE: Final = 256 * 1024
-# How long a copy waits for the rest of a primary answer still being relayed.
-_PRIMARY_WAIT: Final = 120.0
-_SIDE_FAILURES: Final = (aiohttp.ClientError, OSError)
-
-
-@dataclass(slots=True, kw_only=True)
-class _Copy:
-    """One queued copy: what to send where, and the primary it is compared with."""
-
-    route_id: str
-    shadow: Shadow
-    method: str
-    target: str
-    # Built by the worker, not on the request path (`request_headers`).
-    headers: Callable[[], Iterable[tuple[str, str]]]
-    candidate: Endpoint
-    primary_side: Endpoint
-    tap: PrimaryTap
-    _built: tuple[tuple[str, str], ...] | None = None
-
-    def request_headers(self) -> tuple[tuple[str, str], ...]:
-        """What an upstream would get for the request, marked as a copy."""
-        if self._built is None:
-            self._built = (*self.headers(), (SHADOW_HEADER, "1"))
-        return self._built
 
 
 class ShadowRuntime:
@@ -94,7 +55,7 @@ class ShadowRuntime:
     ) -> None:
         self.book = book
         self.metrics = metrics
-        self.queue: asyncio.Queue[_Copy] = asyncio.Queue(queue_size)
+        self.queue: asyncio.Queue[Copy] = asyncio.Queue(queue_size)
         # The primary bodies held for queued and running copies, all routes together.
         self.buffers = Buffers(max_buffered)
         self._workers = workers
@@ -158,7 +119,7 @@ class ShadowRuntime:
             candidate, primary_side = copy
             try:
                 self.queue.put_nowait(
-                    _Copy(
+                    Copy(
                         route_id=route_id,
                         shadow=shadow,
                         method=method,
@@ -236,77 +197,21 @@ class ShadowRuntime:
     # --- off the request path -----------------------------------------------------
 
     async def _work(self) -> None:
+        worker = CopyWorker(
+            book=self.book,
+            admission=self.admission,
+            clients=self._clients,
+            metrics=lambda: self.metrics,
+        )
         while True:
             copy = await self.queue.get()
             try:
-                await self._run(copy)
+                await worker.run(copy)
             except Exception:  # a bug of ours must not stop the worker
                 logger.exception("proxy.shadow_error", extra={"route": copy.route_id})
                 self.book.skipped(copy.route_id, SkipReason.CANDIDATE_ERROR)
             finally:
                 copy.tap.release()
-
-    async def _run(self, copy: _Copy) -> None:
-        shadow, route_id = copy.shadow, copy.route_id
-        if self.admission.down(route_id):
-            self.book.skipped(route_id, SkipReason.CANDIDATE_DOWN)
-            return
-        candidate = await self._ask(copy, copy.candidate)
-        if isinstance(candidate, SkipReason):
-            self.admission.failed(route_id)
-            self.book.skipped(route_id, candidate)
-            return
-        self.admission.answered(route_id)
-        try:
-            primary = await asyncio.wait_for(asyncio.shield(copy.tap.answer), _PRIMARY_WAIT)
-        except TimeoutError:
-            primary = None
-        if not isinstance(primary, Answer):
-            self.book.skipped(route_id, primary or SkipReason.PRIMARY_ERROR)
-            return
-        if candidate.truncated or primary.truncated or len(primary.body) > shadow.max_body:
-            # (The tap keeps up to a capture's max_body when that one is larger.)
-            self.book.skipped(route_id, SkipReason.BODY_TOO_LARGE)
-            return
-        secondary = None
-        if shadow.noise > 0.0 and random.random() < shadow.noise:  # noqa: S311 - a sample, not a secret
-            second = await self._ask(copy, copy.primary_side)
-            if isinstance(second, Answer) and not second.truncated:
-                secondary = second
-        rules = compare_rules(shadow)
-        try:
-            differences = await _compare(primary, candidate, rules)
-            noise = None if secondary is None else await _compare(primary, secondary, rules)
-        except BodyTooLarge:
-            self.book.skipped(route_id, SkipReason.BODY_TOO_LARGE)
-            return
-        self._observe(route_id, primary, candidate)
-        example = functools.partial(_example, copy, primary, candidate, secondary, differences)
-        self.book.compared(route_id, differences, noise, example)
-
-    async def _ask(self, copy: _Copy, endpoint: Endpoint) -> Answer | SkipReason:
-        shadow = copy.shadow
-        try:
-            async with asyncio.timeout(shadow.timeout):
-                return await self._clients.fetch(
-                    endpoint,
-                    copy.method,
-                    copy.target,
-                    copy.request_headers(),
-                    max_body=shadow.max_body,
-                )
-        except TimeoutError:
-            return SkipReason.TIMEOUT
-        except _SIDE_FAILURES as exc:
-            logger.debug(
-                "proxy.shadow_side_failed", extra={"route": copy.route_id, "error": repr(exc)}
-            )
-            return SkipReason.CANDIDATE_ERROR
-
-    def _observe(self, route_id: str, primary: Answer, candidate: Answer) -> None:
-        if self.metrics is not None:
-            self.metrics.latency(route_id, "primary", primary.latency)
-            self.metrics.latency(route_id, "candidate", candidate.latency)
 
 
 def _nothing() -> None:
@@ -325,41 +230,3 @@ def _not_copied(
     if sampled is None:
         return SkipReason.SAMPLED_OUT
     return None
-
-
-@functools.lru_cache(maxsize=512)
-def compare_rules(shadow: Shadow) -> CompareRules:
-    """The engine's rules for a route's `shadow:` (cached: a Shadow is immutable)."""
-    return CompareRules(
-        ignore_headers=DEFAULT_IGNORED_HEADERS | shadow.ignore_headers,
-        ignore_json=shadow.ignore_json,
-        unordered=shadow.unordered,
-    )
-
-
-async def _compare(primary: Answer, other: Answer, rules: CompareRules) -> tuple[Difference, ...]:
-    if len(primary.body) + len(other.body) > _THREAD_COMPARE:
-        return await asyncio.to_thread(compare, primary, other, rules)
-    return compare(primary, other, rules)
-
-
-def _example(
-    copy: _Copy,
-    primary: Answer,
-    candidate: Answer,
-    secondary: Answer | None,
-    differences: tuple[Difference, ...],
-) -> Example:
-    """What an operator sees of one differing request, with its secrets masked."""
-    shadow = copy.shadow
-    headers, paths = shadow.redact_headers, shadow.redact_json
-    return Example(
-        at=time.time(),
-        method=copy.method,
-        target=copy.target,
-        request_headers=redact_headers(copy.request_headers(), headers),
-        primary=redact_answer(primary, headers, paths),
-        candidate=redact_answer(candidate, headers, paths),
-        secondary=None if secondary is None else redact_answer(secondary, headers, paths),
-        differences=redact_differences(differences, headers, paths),
-    )

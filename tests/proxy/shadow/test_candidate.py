@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from proxy.shadow.model import Answer
 
-# What the shadow runtime catches from a fetch (proxy.shadow.runtime._ask).
+# What the shadow runtime catches from a fetch (proxy.shadow.copies.CopyWorker._ask).
 SIDE_FAILURES = (aiohttp.ClientError, OSError, TimeoutError)
 TIMEOUT = 5.0
 JSON = (
