@@ -1,0 +1,1 @@
+"""Container deployment helpers: the image's healthcheck, the one-shot database setup, compose tests."""
