@@ -43,6 +43,14 @@ lint: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
+# docker-compose.yml for real: builds the image, brings the stack up under its
+# own project name on free loopback ports, checks it through nginx and tears it
+# down (deploy/compose_test.py; docs/deploy.md). Needs Docker and docker-compose
+# v1 (on a machine without registry access: ../shared/tools/docker-standins).
+.PHONY: compose-test
+compose-test: $(STAMP)
+	$(BIN)/python -m deploy.compose_test
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
 
