@@ -3,35 +3,42 @@
 One run starts the sides (bench/_sides.py, one process each: the primary
 upstream and the candidates `same`, `sleep`, `fail` and `500`, all answering a
 2.2 KiB JSON events list or failing as named) and, per request path (the fast
-lane, and `--no-fast-lane`), two `club-proxy run --workers 1` processes on one
-routes.yaml: `/plain` (no shadow) and `/shadow-<candidate>` routes on the same
-primary, each with `shadow: {to: <candidate>, sample: 1.0, noise: 0, timeout: 1s}`.
-Process "A" takes the load for /plain, /shadow-same, /shadow-fail and
-/shadow-500, process "B" for /plain and /shadow-sleep: a hung candidate keeps a
-process's shadow queue full for a minute (1,024 copies, 16 workers, 1 s
-timeout), which would drop the copies of the next route measured there.
+lane, and `--no-fast-lane`) and per copy cap (CONFIGS: `--shadow-rate 200`,
+the default a user gets, and `--shadow-rate 0`, no cap: the raw cost), two
+`club-proxy run --workers 1` processes on one routes.yaml: `/plain` (no
+shadow) and `/shadow-<candidate>` routes on the same primary, each with
+`shadow: {to: <candidate>, sample: 1.0, noise: 0, timeout: 1s}`. Process "A"
+takes the load for /plain, /shadow-same, /shadow-fail and /shadow-500,
+process "B" for /plain and /shadow-sleep: a hung candidate could keep a
+process's shadow queue full (1,024 copies, 16 workers, 1 s timeout), which
+would drop the copies of the next route measured there (the runtime now
+pauses a failing candidate's route, `candidate_down`; the split is kept so
+the figures compare with the earlier runs).
 
 1. Saturation: wrk -t2 -c32 (closed loop) on A's /plain and /shadow-same,
-   interleaved. /shadow-same's run gives the comparisons/s the engine
-   sustains when the proxy is saturated, and the copies it drops meanwhile.
-2. Constant rate, at two offered rates per path: "half", half /plain's
-   saturation rate (BENCH_LOAD_SHARE; the issue's figure), every route; and
-   "low", half the comparisons/s the engine sustained (BENCH_LOW_SHARE),
-   /plain and /shadow-same, a rate at which every copy can be compared. An
-   open-loop generator (below) offers the rate; cells are interleaved over
+   per cap, interleaved. /shadow-same's run gives the comparisons/s the
+   engine sustains when the proxy is saturated, and the copies it drops
+   meanwhile.
+2. Constant rate, at two offered rates per path, the same for both caps:
+   "half", half /plain's saturation rate (BENCH_LOAD_SHARE; the issue's
+   figure), every route; and "low", half the comparisons/s the engine
+   sustained with no cap (BENCH_LOW_SHARE), /plain and /shadow-same, a rate
+   at which every copy can be compared when nothing caps them. An open-loop
+   generator (below) offers the rate; cells are interleaved over
    BENCH_ROUNDS rounds, the order rotating. Per cell: latency p50/p99 from
    each request's scheduled send time (no coordinated omission) and from its
    actual send, the proxy's CPU (/proc utime+stime) per request, the whole
    machine's busy share (/proc/stat), and the route's /-/shadow counts
    (compared, matched, errors and skips by reason). A cell ends when every
-   answer is in and, on A, when every copy is accounted for (the queue has
-   drained), so cells do not bleed into each other and the CPU of a copy
-   done after its request's answer is counted. Ratios are against /plain on
-   the same process in the same round; medians over rounds, (min-max) the
-   noise figure.
-3. py-spy profiles of the fast-lane proxy: /shadow-same at the low rate (what
-   a compared copy costs) and /shadow-sleep at the half rate (what a dropped
-   copy costs). BENCH_PROFILE=0 skips them.
+   answer is in and every copy is accounted for (the queue has drained; at
+   most SLEEP_SETTLE s for the hung candidate), so cells do not bleed into
+   each other and the CPU of a copy done after its request's answer is
+   counted. Ratios are against /plain on the same process in the same
+   round; medians over rounds, (min-max) the noise figure.
+3. py-spy profiles of the fast-lane proxy: /shadow-same with no cap at the
+   low rate (what a compared copy costs) and with the default cap at the half
+   rate (what a user's proxy does under the issue's load). BENCH_PROFILE=0
+   skips them.
 
 The generator: uvloop, 64 keep-alive connections opened before the cell, a
 schedule of one request every 1/rate s; every ~1 ms tick sends all requests
@@ -43,7 +50,8 @@ latency beside the from-schedule one.
 
 Knobs: BENCH_DURATION (seconds per constant-rate cell, 4), BENCH_ROUNDS (3),
 BENCH_SATURATION_DURATION (seconds per wrk run, 3), BENCH_LOAD_SHARE (0.5),
-BENCH_LOW_SHARE (0.5), BENCH_PROFILE (1). About 5 minutes with the defaults.
+BENCH_LOW_SHARE (0.5), BENCH_PROFILE (1). About 8 minutes with the defaults
+(twice the cells of the single-cap version).
 """
 
 from __future__ import annotations
@@ -87,11 +95,15 @@ CONNECTIONS: Final = 64
 TICK: Final = 0.001
 DRAIN: Final = 10.0  # seconds to wait for the last answers after the last send
 SETTLE: Final = 20.0  # seconds to wait for the copies still queued after the last answer
+SLEEP_SETTLE: Final = 5.0  # the same for the hung candidate (1 s timeouts, then candidate_down)
 GOAL: Final = 1.1
 SERVED_ALL: Final = 0.97  # below this share of the offered rate served, a cell is overloaded
 DROPPED_FEW: Final = 0.1  # the share of dropped copies below which a per-copy cost is given
 
 PATHS: Final = {"fast lane": (), "aiohttp path": ("--no-fast-lane",)}
+# The per-process cap on copies per second: the default a user gets, and none (the raw cost).
+CONFIGS: Final = {"cap 200": ("--shadow-rate", "200"), "no cap": ("--shadow-rate", "0")}
+UNCAPPED: Final = "no cap"
 CANDIDATES: Final = ("same", "sleep", "fail", "500")
 WHAT: Final = {
     "plain": "no shadow (baseline)",
@@ -333,6 +345,7 @@ def open_loop(port: int, path: str, rate: float, duration: float = DURATION) -> 
 @dataclass(frozen=True, slots=True)
 class Proxy:
     path: str  # "fast lane" or "aiohttp path"
+    config: str  # "cap 200" or "no cap"
     name: str  # "A" or "B"
     port: int
     admin: int
@@ -366,17 +379,17 @@ def accounted(counts: collections.Counter[str]) -> int:
     return counts["compared"] + counts["errors"] + counts["skipped"]
 
 
-def start_proxy(tmp: Path, path: str, name: str, routes: Path) -> Proxy:
+def start_proxy(tmp: Path, path: str, config: str, name: str, routes: Path) -> Proxy:
     port, admin = free_port(), free_port()
     exe = str(Path(sys.executable).with_name("club-proxy"))
     cmd = [exe, "run", "--routes", str(routes), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--admin-port", str(admin), "--workers", "1", "--log-level", "WARNING"]
-    cmd += [*PATHS[path], "--shadow-workers", "16", "--shadow-queue", "1024"]
-    stem = f"proxy-{path.replace(' ', '-')}-{name}"
+    cmd += [*PATHS[path], *CONFIGS[config], "--shadow-workers", "16", "--shadow-queue", "1024"]
+    stem = f"proxy-{path.replace(' ', '-')}-{config.replace(' ', '-')}-{name}"
     # Access log on (the default) to /dev/null, as bench_proxy: its cost is real.
     with (tmp / f"{stem}.stderr").open("wb") as stderr:
         process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
-    return Proxy(path=path, name=name, port=port, admin=admin, process=process)
+    return Proxy(path=path, config=config, name=name, port=port, admin=admin, process=process)
 
 
 def start_side(port: int, mode: str, tmp: Path) -> subprocess.Popen[bytes]:
@@ -417,7 +430,8 @@ class Saturation:
     plain_rps: float
     shadow_rps: float
     compared_per_s: float
-    dropped_per_s: float  # queue_full
+    queue_full_per_s: float
+    rate_limited_per_s: float
     errors: int
 
 
@@ -431,7 +445,8 @@ def saturation(proxy: Proxy) -> Saturation:
         plain_rps=plain.rps,
         shadow_rps=shadow.rps,
         compared_per_s=delta["compared"] / SATURATION_DURATION,
-        dropped_per_s=delta["queue_full"] / SATURATION_DURATION,
+        queue_full_per_s=delta["queue_full"] / SATURATION_DURATION,
+        rate_limited_per_s=delta["rate_limited"] / SATURATION_DURATION,
         errors=plain.errors + shadow.errors,
     )
 
@@ -479,9 +494,14 @@ def run_cell(proxy: Proxy, route: str, rate: float) -> Cell:
     after: collections.Counter[str] = collections.Counter()
     if shadowed:
         during = proxy.counts()[route] - before
-        # A hung candidate keeps B's queue full for a minute: not waited for.
-        if route != "sleep":
-            settle = wait_accounted(proxy, route, accounted(before) + load.sent)
+        # A hung candidate's copies end by timing out (1 s) or as candidate_down once
+        # its route is paused: waited for, but only so long.
+        settle = wait_accounted(
+            proxy,
+            route,
+            accounted(before) + load.sent,
+            SLEEP_SETTLE if route == "sleep" else SETTLE,
+        )
         after = proxy.counts()[route] - before
     cpu = proc_cpu_seconds(proxy.pid) - cpu
     return Cell(
@@ -501,7 +521,7 @@ def profile(
 ) -> tuple[list[list[str]], list[list[str]], int]:
     """py-spy's self and inclusive tables for the proxy while `route` gets `rate`."""
     spy = Path(sys.executable).with_name("py-spy")
-    out = tmp / f"profile-{route}.txt"
+    out = tmp / f"profile-{proxy.config.replace(' ', '-')}-{route}.txt"
     seconds = max(3, int(DURATION))
     cmd = [str(spy), "record", "--pid", str(proxy.pid), "--duration", str(seconds)]
     # Blocking sampling (the default), as bench_proxy.
@@ -510,15 +530,15 @@ def profile(
     time.sleep(0.5)
     open_loop(proxy.port, route_path(route), rate, seconds + 1)
     spy_proc.wait(timeout=60)
-    if route != "sleep":
-        settle_quiet(proxy, route)
+    settle_quiet(proxy, route, SLEEP_SETTLE if route == "sleep" else SETTLE)
     return summarise_profile(out.read_text()) if out.exists() else ([], [], 0)
 
 
 # --- report -------------------------------------------------------------------------
 
-Key = tuple[str, str, str, str]  # (path, level, process, route)
+Key = tuple[str, str, str, str, str]  # (path, config, level, process, route)
 Runs = dict[Key, list[Cell]]  # a cell per round
+Sat = dict[tuple[str, str], list["Saturation"]]  # (path, config) -> a run each
 Rates = dict[tuple[str, str], float]  # (path, level) -> offered req/s
 
 
@@ -561,8 +581,9 @@ def verdict(cells: list[Cell], base: list[Cell], rate: float) -> str:
 
 def keys() -> list[Key]:
     return [
-        (path, level, proc, route)
+        (path, config, level, proc, route)
         for path in PATHS
+        for config in CONFIGS
         for level, cells in LEVELS.items()
         for proc, route in cells
     ]
@@ -571,14 +592,15 @@ def keys() -> list[Key]:
 def latency_table(runs: Runs, rates: Rates) -> str:
     rows = []
     for key in keys():
-        path, level, proc, route = key
-        cells, base = runs[key], runs[path, level, proc, "plain"]
+        path, config, level, proc, route = key
+        cells, base = runs[key], runs[path, config, level, proc, "plain"]
         plain = route == "plain"
         p50, p99 = ratios(cells, base, "p50"), ratios(cells, base, "p99")
         s50, s99 = ratios(cells, base, "service_p50"), ratios(cells, base, "service_p99")
         rows.append(
             [
                 path,
+                config,
                 f"{rates[path, level]:,.0f} ({level})",
                 proc,
                 f"`{route_path(route)}`",
@@ -596,6 +618,7 @@ def latency_table(runs: Runs, rates: Rates) -> str:
         )
     head = [
         "path",
+        "copies/s cap",
         "offered req/s",
         "proc",
         "route",
@@ -619,10 +642,24 @@ OUTCOMES: Final = (
     "mismatched",
     "timeout",
     "candidate_error",
+    "candidate_down",
+    "rate_limited",
     "queue_full",
     "primary_error",
     "body_too_large",
 )
+# Copies a worker sent to the candidate (compared, or the candidate failed it).
+HANDLED: Final = ("compared", "timeout", "candidate_error")
+# Copies refused before anything was sent, to protect the clients.
+DROPPED: Final = ("rate_limited", "candidate_down", "queue_full")
+
+
+def handled(counts: collections.Counter[str]) -> int:
+    return sum(counts[key] for key in HANDLED)
+
+
+def dropped(counts: collections.Counter[str]) -> int:
+    return sum(counts[key] for key in DROPPED)
 
 
 def outcomes(cells: list[Cell]) -> str:
@@ -639,30 +676,28 @@ def outcomes(cells: list[Cell]) -> str:
 def cpu_table(runs: Runs, rates: Rates) -> str:
     rows = []
     for key in keys():
-        path, level, proc, route = key
+        path, config, level, proc, route = key
         if route == "plain":
             continue
-        cells, base = runs[key], runs[path, level, proc, "plain"]
+        cells, base = runs[key], runs[path, config, level, proc, "plain"]
         extra = [c.cpu_us - b.cpu_us for c, b in zip(cells, base, strict=True)]
         ratio = [c.cpu_us / b.cpu_us for c, b in zip(cells, base, strict=True)]
         # Extra CPU per copy a worker handled (compared or failed), where few were
         # dropped: a dropped copy costs too, and would be charged to the handled ones.
         per_copy = [
-            (c.cpu_seconds - b.cpu_us * 1e-6 * c.load.sent)
-            / (c.counts["compared"] + c.counts["errors"])
-            * 1e6
+            (c.cpu_seconds - b.cpu_us * 1e-6 * c.load.sent) / handled(c.counts) * 1e6
             for c, b in zip(cells, base, strict=True)
-            if c.counts["compared"] + c.counts["errors"]
-            and c.counts["queue_full"] <= DROPPED_FEW * c.load.sent
+            if handled(c.counts) and dropped(c.counts) <= DROPPED_FEW * c.load.sent
         ]
         rows.append(
             [
                 path,
+                config,
                 f"{rates[path, level]:,.0f} ({level})",
                 f"`{route_path(route)}`",
                 f"{med([b.cpu_us for b in base]):.0f}",
                 f"{med([c.cpu_us for c in cells]):.0f}",
-                f"**+{med(extra):.0f}** ({spread(extra, '{:+.0f}')})",
+                f"**{med(extra):+.0f}** ({spread(extra, '{:+.0f}')})",
                 f"{med(ratio):.2f}x ({spread(ratio)})",
                 f"{med(per_copy):.0f}" if per_copy else "-",
                 (
@@ -676,6 +711,7 @@ def cpu_table(runs: Runs, rates: Rates) -> str:
         )
     head = [
         "path",
+        "copies/s cap",
         "offered req/s",
         "route",
         "/plain CPU us/req",
@@ -691,34 +727,41 @@ def cpu_table(runs: Runs, rates: Rates) -> str:
     return markdown_table(head, rows)
 
 
-def saturation_table(sat: dict[str, list[Saturation]], rates: Rates) -> str:
+def saturation_table(sat: Sat, rates: Rates) -> str:
     rows = []
     for path in PATHS:
-        runs = sat[path]
-        plain = [s.plain_rps for s in runs]
-        shadow = [s.shadow_rps for s in runs]
-        compared = [s.compared_per_s for s in runs]
-        rows.append(
-            [
-                path,
-                f"{med(plain):,.0f} ({spread(plain, '{:,.0f}')})",
-                f"{med(shadow):,.0f} ({spread(shadow, '{:,.0f}')})",
-                f"**{med(compared):,.0f}** ({spread(compared, '{:,.0f}')})",
-                f"{med([s.dropped_per_s for s in runs]):,.0f}",
-                str(sum(s.errors for s in runs)),
-                f"**{rates[path, 'half']:,.0f}**",
-                f"**{rates[path, 'low']:,.0f}**",
-            ]
-        )
+        for config in CONFIGS:
+            runs = sat[path, config]
+            plain = [s.plain_rps for s in runs]
+            shadow = [s.shadow_rps for s in runs]
+            compared = [s.compared_per_s for s in runs]
+            rows.append(
+                [
+                    path,
+                    config,
+                    f"{med(plain):,.0f} ({spread(plain, '{:,.0f}')})",
+                    f"{med(shadow):,.0f} ({spread(shadow, '{:,.0f}')})",
+                    f"{med([s.shadow_rps / s.plain_rps for s in runs]):.2f}x",
+                    f"**{med(compared):,.0f}** ({spread(compared, '{:,.0f}')})",
+                    f"{med([s.rate_limited_per_s for s in runs]):,.0f}",
+                    f"{med([s.queue_full_per_s for s in runs]):,.0f}",
+                    str(sum(s.errors for s in runs)),
+                    f"**{rates[path, 'half']:,.0f}**",
+                    f"**{rates[path, 'low']:,.0f}**",
+                ]
+            )
     head = [
         "path",
+        "copies/s cap",
         "/plain req/s (range)",
         "/shadow-same req/s (range)",
+        "/shadow-same vs /plain",
         "comparisons/s the engine sustained (range)",
-        "copies dropped (queue_full)/s",
+        "copies rate_limited/s",
+        "copies queue_full/s",
         "wrk errors",
-        f"half: {LOAD_SHARE:g} x /plain",
-        f"low: {LOW_SHARE:g} x comparisons/s",
+        f"half: {LOAD_SHARE:g} x /plain (both caps)",
+        f"low: {LOW_SHARE:g} x comparisons/s with no cap",
     ]
     return markdown_table(head, rows)
 
@@ -726,11 +769,11 @@ def saturation_table(sat: dict[str, list[Saturation]], rates: Rates) -> str:
 def generator_table(runs: Runs, rates: Rates) -> str:
     rows = []
     for path in PATHS:
-        cells = [c for (p, _, _, _), cs in runs.items() if p == path for c in cs]
+        cells = [c for key, cs in runs.items() if key[0] == path for c in cs]
         offered = [
-            c.load.offered / rates[p, level]
-            for (p, level, _, _), cs in runs.items()
-            if p == path
+            c.load.offered / rates[key[0], key[2]]
+            for key, cs in runs.items()
+            if key[0] == path
             for c in cs
         ]
         rows.append(
@@ -766,15 +809,15 @@ def machine_note(load_before: str, load_after: str) -> str:
         f"Machine: nproc {os.cpu_count()}, {cpu}, shared with other sessions; load average "
         f"(1/5/15 min) {load_before} at the start, {load_after} at the end (the machine-busy "
         "column below is every process's CPU during each cell). Python "
-        f"{platform.python_version()}, uvloop everywhere. The 4 proxies, 5 sides and wrk or "
-        "the generator share the two cores."
+        f"{platform.python_version()}, uvloop everywhere. The 8 proxies, 5 sides and wrk or "
+        "the generator share the two cores (one proxy takes load at a time)."
     )
 
 
 def versus_plain(runs: Runs, key: Key) -> str:
     """'p50 1.19x (+0.18 ms), p99 ...' for a cell against /plain: medians over rounds."""
-    path, level, proc, _ = key
-    cells, base = runs[key], runs[path, level, proc, "plain"]
+    path, config, level, proc, _ = key
+    cells, base = runs[key], runs[path, config, level, proc, "plain"]
     parts = []
     for name in ("p50", "p99"):
         ratio = med(ratios(cells, base, name))
@@ -788,41 +831,52 @@ def versus_plain(runs: Runs, key: Key) -> str:
     return ", ".join(parts)
 
 
-def summary(runs: Runs, sat: dict[str, list[Saturation]], rates: Rates) -> str:
+def drops(cells: list[Cell]) -> str:
+    """'rate_limited 1,234, queue_full 5 of 9,999 copies' over all rounds."""
+    total: collections.Counter[str] = collections.Counter()
+    for c in cells:
+        total += c.counts
+    parts = [f"{key} {total[key]:,}" for key in DROPPED if total[key]]
+    sent = sum(c.load.sent for c in cells)
+    return f"{', '.join(parts) or 'none dropped'} of {sent:,} copies"
+
+
+def summary(runs: Runs, sat: Sat, rates: Rates) -> str:
     lines = []
     for path in PATHS:
-        engine = med([s.compared_per_s for s in sat[path]])
-        for level, cells in LEVELS.items():
-            rate = rates[path, level]
-            key = (path, level, "A", "same")
-            base, same = runs[path, level, "A", "plain"], runs[key]
-            cpu = med([c.cpu_us - b.cpu_us for c, b in zip(same, base, strict=True)])
-            plain_cpu = med([b.cpu_us for b in base])
-            dropped = sum(c.counts["queue_full"] for c in same)
-            sent = sum(c.load.sent for c in same)
-            line = (
-                f"- {path}, {rate:,.0f} req/s ({level}): /shadow-same {versus_plain(runs, key)} "
-                f"against /plain, {verdict(same, base, rate)}; +{cpu:.0f} us proxy CPU per "
-                f"request over /plain's {plain_cpu:.0f} us ({(cpu + plain_cpu) / plain_cpu:.1f}x); "
-                f"{dropped:,} of {sent:,} copies dropped as queue_full"
+        for config in CONFIGS:
+            engine = med([s.compared_per_s for s in sat[path, config]])
+            for level, cells in LEVELS.items():
+                rate = rates[path, level]
+                key = (path, config, level, "A", "same")
+                base, same = runs[path, config, level, "A", "plain"], runs[key]
+                cpu = med([c.cpu_us - b.cpu_us for c, b in zip(same, base, strict=True)])
+                plain_cpu = med([b.cpu_us for b in base])
+                line = (
+                    f"- {path}, {config}, {rate:,.0f} req/s ({level}): /shadow-same "
+                    f"{versus_plain(runs, key)} against /plain, {verdict(same, base, rate)}; "
+                    f"+{cpu:.0f} us proxy CPU per request over /plain's {plain_cpu:.0f} us "
+                    f"({(cpu + plain_cpu) / plain_cpu:.1f}x); {drops(same)}"
+                )
+                others = [
+                    f"{route}: {versus_plain(runs, (path, config, level, proc, route))}, "
+                    f"{verdict(runs[path, config, level, proc, route], runs[path, config, level, proc, 'plain'], rate)}"
+                    for proc, route in cells
+                    if route not in {"plain", "same"}
+                ]
+                if others:
+                    line += f". Failing candidates: {'; '.join(others)}"
+                lines.append(line + ".")
+            lines.append(
+                f"- {path}, {config}: saturated by wrk -c32 on /shadow-same, the engine "
+                f"compared {engine:,.0f}/s."
             )
-            others = [
-                f"{route}: {versus_plain(runs, (path, level, proc, route))}"
-                for proc, route in cells
-                if route not in {"plain", "same"}
-            ]
-            if others:
-                line += f". Failing candidates: {'; '.join(others)}"
-            lines.append(line + ".")
-        lines.append(
-            f"- {path}: saturated by wrk -c32 on /shadow-same, the engine compared {engine:,.0f}/s."
-        )
     return "\n".join(lines)
 
 
 def report(
     runs: Runs,
-    sat: dict[str, list[Saturation]],
+    sat: Sat,
     rates: Rates,
     profiles: list[tuple[str, tuple[list[list[str]], list[list[str]], int]]],
     *,
@@ -830,17 +884,21 @@ def report(
     routes: str,
 ) -> str:
     setup = (
-        "Setup: per path, two `club-proxy run --workers 1 --shadow-workers 16 --shadow-queue 1024` "
-        "processes (fast lane; `--no-fast-lane` for the aiohttp path), access log on to "
+        "Setup: per path and per cap, two `club-proxy run --workers 1 --shadow-workers 16 "
+        "--shadow-queue 1024` processes (fast lane; `--no-fast-lane` for the aiohttp path), "
+        "`--shadow-rate 200` (the default: at most 200 copies/s per process, the rest "
+        "`rate_limited`) or `--shadow-rate 0` (no cap: the raw cost), access log on to "
         "/dev/null, shadow results in memory. Sides: bench/_sides.py (raw asyncio on uvloop, one "
         f"process each), every 200 answer a {len(BODY):,} B JSON events list. Routes (one file "
-        "for all four proxies):"
+        "for all eight proxies):"
     )
     procs = (
         "Process A takes /plain, /shadow-same, /shadow-fail, /shadow-500; process B /plain and "
-        "/shadow-sleep: a hung candidate keeps the process's one shadow queue full for about a "
-        "minute (1,024 copies, 16 workers, 1 s each), which drops every other route's copies "
-        "there. Every ratio is against /plain on the same process in the same round."
+        "/shadow-sleep, as in the earlier runs (a hung candidate used to keep the process's one "
+        "shadow queue full for about a minute). A candidate failing 5 copies in a row is now "
+        "paused for its route (`candidate_down`, 5 s doubling to 60 s); that state carries "
+        "over from cell to cell and round to round, as it would in a running proxy. Every "
+        "ratio is against /plain on the same process in the same round."
     )
     latency_intro = (
         f"{ROUNDS} interleaved rounds of {DURATION:g} s per cell, order rotating; median, "
@@ -848,7 +906,8 @@ def report(
         "loop: waiting for a connection counts); from-send times the same answers from their "
         "actual send. Served req/s: answers per second (below the offered rate when the proxy "
         "falls behind); waited: the requests that found all connections busy. Two offered rates per path: half /plain's saturation (the issue's), and "
-        f"low = {LOW_SHARE:g} x the comparisons/s the engine sustained when saturated."
+        f"low = {LOW_SHARE:g} x the comparisons/s the engine sustained when saturated with no "
+        "cap; both rates are the same for both caps."
     )
     generator = (
         "The load generator: an open-loop client in the bench process (uvloop, "
@@ -858,10 +917,11 @@ def report(
     )
     cpu_intro = (
         "CPU: the proxy process's utime+stime from the cell's start until every copy was "
-        "accounted for (the queue drained; not waited for on /shadow-sleep), per request sent; "
-        "extra = shadowed minus /plain in the same round. Per copy handled: the extra CPU "
-        "divided by the copies a worker took (compared or failed), given only where at most "
-        f"{DROPPED_FEW:.0%} were dropped (a dropped copy has a cost of its own). "
+        f"accounted for (the queue drained; at most {SLEEP_SETTLE:g} s on /shadow-sleep), per "
+        "request sent; extra = shadowed minus /plain in the same round. Per copy handled: the "
+        "extra CPU divided by the copies a worker sent (compared, timeout or candidate_error), "
+        f"given only where at most {DROPPED_FEW:.0%} were dropped (rate_limited, candidate_down "
+        "or queue_full: a dropped copy has a cost of its own). "
         "compared/s: comparisons recorded between the cell's first send and last answer."
     )
     parts = [
@@ -877,7 +937,7 @@ def report(
         "",
         (
             f"### Saturation (wrk -t2 -c32, {SATURATION_DURATION} s, {SATURATION_RUNS} runs "
-            "interleaved) and the offered rates"
+            "per cap, interleaved) and the offered rates"
         ),
         "",
         saturation_table(sat, rates),
@@ -932,8 +992,11 @@ def rotated(items: list[Key], by: int) -> list[Key]:
     return items[by:] + items[:by]
 
 
-def start_all(tmp: Path, stack: contextlib.ExitStack) -> tuple[dict[tuple[str, str], Proxy], str]:
-    """The sides and the four proxies (stopped by `stack`); the routes.yaml text."""
+Proxies = dict[tuple[str, str, str], Proxy]  # (path, config, "A" or "B")
+
+
+def start_all(tmp: Path, stack: contextlib.ExitStack) -> tuple[Proxies, str]:
+    """The sides and the eight proxies (stopped by `stack`); the routes.yaml text."""
     ports = {"primary": free_port(), **{name: free_port() for name in CANDIDATES}}
     sides = [start_side(ports["primary"], "same", tmp)]
     sides += [start_side(ports[name], name, tmp) for name in CANDIDATES]
@@ -942,7 +1005,10 @@ def start_all(tmp: Path, stack: contextlib.ExitStack) -> tuple[dict[tuple[str, s
     routes = tmp / "routes.yaml"
     routes.write_text(routes_yaml(ports))
     proxies = {
-        (path, name): start_proxy(tmp, path, name, routes) for path in PATHS for name in "AB"
+        (path, config, name): start_proxy(tmp, path, config, name, routes)
+        for path in PATHS
+        for config in CONFIGS
+        for name in "AB"
     }
     for proxy in proxies.values():
         stack.callback(_stop, proxy.process)
@@ -952,27 +1018,27 @@ def start_all(tmp: Path, stack: contextlib.ExitStack) -> tuple[dict[tuple[str, s
     return proxies, routes.read_text()
 
 
-def measure_saturation(proxies: dict[tuple[str, str], Proxy]) -> dict[str, list[Saturation]]:
-    sat: dict[str, list[Saturation]] = collections.defaultdict(list)
+def measure_saturation(proxies: Proxies) -> Sat:
+    sat: Sat = collections.defaultdict(list)
+    pairs = [(path, config) for path in PATHS for config in CONFIGS]
     for run in range(SATURATION_RUNS):
-        paths = list(PATHS)[run % 2 :] + list(PATHS)[: run % 2]
-        for path in paths:
-            sat[path].append(saturation(proxies[path, "A"]))
-            print(f"  {path}: {sat[path][-1]}", flush=True)
+        for path, config in pairs[run:] + pairs[:run]:
+            sat[path, config].append(saturation(proxies[path, config, "A"]))
+            print(f"  {path}, {config}: {sat[path, config][-1]}", flush=True)
     return sat
 
 
-def measure_rounds(proxies: dict[tuple[str, str], Proxy], rates: Rates) -> Runs:
+def measure_rounds(proxies: Proxies, rates: Rates) -> Runs:
     runs: Runs = collections.defaultdict(list)
     order = keys()
     for rnd in range(ROUNDS):
-        for key in rotated(order, rnd * 5):
-            path, level, proc, route = key
-            cell = run_cell(proxies[path, proc], route, rates[path, level])
+        for key in rotated(order, rnd * 11):
+            path, config, level, proc, route = key
+            cell = run_cell(proxies[path, config, proc], route, rates[path, level])
             runs[key].append(cell)
             load = cell.load
             print(
-                f"  round {rnd} {path} {level} {proc} {route_path(route)}: "
+                f"  round {rnd} {path} {config} {level} {proc} {route_path(route)}: "
                 f"served {load.served:,.0f}/s (waited {load.waited}) "
                 f"p50 {ms(load.p50)} p99 {ms(load.p99)} ms "
                 f"(from send {ms(load.service_p50)}/{ms(load.service_p99)}, tick lag p99 "
@@ -984,12 +1050,21 @@ def measure_rounds(proxies: dict[tuple[str, str], Proxy], rates: Rates) -> Runs:
     return runs
 
 
+# What the warm-up loads: not the failing candidates (it would open their breakers).
+WARM: Final = {"A": ("plain", "same"), "B": ("plain",)}
+PROFILES: Final = (
+    ("no cap", "A", "same", "low"),  # what a compared copy costs
+    ("cap 200", "A", "same", "half"),  # what a user's proxy does under the issue's load
+)
+
+
 def main() -> None:
     if reason := skip_reason():
         print(f"bench_shadow: SKIPPED, {reason}")
         return
     load_before = "/".join(Path("/proc/loadavg").read_text().split()[:3])
     spy = Path(sys.executable).with_name("py-spy")
+    began = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp_name,
         contextlib.ExitStack() as stack,
@@ -997,29 +1072,32 @@ def main() -> None:
         tmp = Path(tmp_name)
         proxies, routes = start_all(tmp, stack)
         print("warm-up", flush=True)
-        for (_, name), proxy in proxies.items():
-            for _, route in LEVELS["half"]:
-                if route != "sleep" or name == "B":
-                    wrk(proxy.url(route), 16, duration=1)
-        for proxy in proxies.values():
-            settle_quiet(proxy, "same")
+        for (_, _, name), proxy in proxies.items():
+            for route in WARM[name]:
+                wrk(proxy.url(route), 16, duration=1)
+        for (_, _, name), proxy in proxies.items():
+            if name == "A":
+                settle_quiet(proxy, "same")
         print("saturation (wrk -c32)", flush=True)
         sat = measure_saturation(proxies)
         rates: Rates = {}
         for path in PATHS:
-            rates[path, "half"] = LOAD_SHARE * med([s.plain_rps for s in sat[path]])
-            rates[path, "low"] = LOW_SHARE * med([s.compared_per_s for s in sat[path]])
+            plain = [s.plain_rps for config in CONFIGS for s in sat[path, config]]
+            rates[path, "half"] = LOAD_SHARE * med(plain)
+            rates[path, "low"] = LOW_SHARE * med([s.compared_per_s for s in sat[path, UNCAPPED]])
         print(f"offered rates: {rates}", flush=True)
         runs = measure_rounds(proxies, rates)
         profiles = []
         if PROFILE and spy.exists():
             print("profiles (py-spy)", flush=True)
-            for proc, route, level in (("A", "same", "low"), ("B", "sleep", "half")):
+            for config, proc, route, level in PROFILES:
                 rate = rates["fast lane", level]
-                title = f"fast lane, `{route_path(route)}` at {rate:,.0f} req/s ({level})"
-                profiles.append((title, profile(proxies["fast lane", proc], route, rate, tmp)))
+                title = f"fast lane, {config}, `{route_path(route)}` at {rate:,.0f} req/s ({level})"
+                proxy = proxies["fast lane", config, proc]
+                profiles.append((title, profile(proxy, route, rate, tmp)))
         load_after = "/".join(Path("/proc/loadavg").read_text().split()[:3])
     machine = machine_note(load_before, load_after)
+    print(f"took {time.monotonic() - began:.0f} s", flush=True)
     record("shadow", report(runs, sat, rates, profiles, machine=machine, routes=routes))
 
 
