@@ -27,7 +27,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY . .
 RUN pip install --no-deps . \
     && pip check \
-    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin club \
+    && useradd --uid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin club \
     && rm -rf build *.egg-info
 
 USER club
