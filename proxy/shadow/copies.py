@@ -93,7 +93,7 @@ class CopyWorker:
     async def run(self, copy: Copy) -> None:
         """Compare one copy and record the outcome (or why it was not compared)."""
         shadow, route_id = copy.shadow, copy.route_id
-        if self._admission.down(route_id):
+        if self._admission.paused(route_id):
             self._book.skipped(route_id, SkipReason.CANDIDATE_DOWN)
             return
         candidate = await self._ask(copy, copy.candidate)

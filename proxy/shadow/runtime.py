@@ -212,6 +212,8 @@ class ShadowRuntime:
                 self.book.skipped(copy.route_id, SkipReason.CANDIDATE_ERROR)
             finally:
                 copy.tap.release()
+                # Not kept until the next copy: it holds both answers' bodies.
+                del copy
 
 
 def _nothing() -> None:

@@ -89,7 +89,8 @@ class PrimaryTap:
         """The primary's final answer head; the copy may go out from now on."""
         self._status = status
         self._headers = tuple(headers)
-        if self.on_start(self):
+        on_start, self.on_start = self.on_start, _started
+        if on_start(self):
             self._body = []
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -126,11 +127,14 @@ class PrimaryTap:
     def finished(self, *, complete: bool) -> None:
         """The relay is over; `complete`: the client got the whole answer."""
         answer = self.answer
+        # Drop the callbacks: they hold the request's objects, which hold this
+        # tap, a cycle only the garbage collector would free otherwise.
+        self.on_start, lost, self._lost = _started, self._lost, _nothing
         if answer.done():
             return
         if self._body is None:
             if not self._status:
-                self._lost()  # no head ever came: nothing was queued
+                lost()  # no head ever came: nothing was queued
             answer.set_result(None)
             return
         if not complete or self._refused is not None:
@@ -146,3 +150,12 @@ class PrimaryTap:
                 latency=perf_counter() - self._start,
             )
         )
+
+
+def _started(_: PrimaryTap) -> bool:
+    """What a tap's `on_start` becomes once used: the start is not queued twice."""
+    return False
+
+
+def _nothing() -> None:
+    """What a tap's `on_lost` becomes once the relay is over."""

@@ -9,6 +9,7 @@ the same object `/-/shadow` answers from).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,10 @@ import aiohttp
 import pytest
 
 from proxy.core.state import PROXY
+from proxy.fastlane.call import LaneCall
 from proxy.serving.app import ShadowLimits, create_app
+from proxy.shadow.tap import PrimaryTap
+from proxy.webpath.dispatch import _Call
 from tests.proxy.forward_support import RawClient, request, serve_proxy
 from tests.proxy.shadow.sides import BIG, Side
 
@@ -418,3 +422,28 @@ async def test_a_reload_turns_shadow_on_and_off(
     assert served.app[PROXY].watcher.reload().ok
     await served.get_all(["/api/items"] * 3)
     assert (await served.settled("items", 3))["matched"] == 3
+
+
+@paths
+async def test_a_copied_request_leaves_no_reference_cycle(
+    tmp_path: Path, legacy: Side, candidate: Side, serve: Any, fast_lane: bool
+) -> None:
+    # A cycle through the tap would leave every copied request's objects for
+    # the garbage collector, whose full passes stall the event loop.
+    routes = write_routes(tmp_path, legacy, candidate, "{to: cand, noise: 0}")
+    served = await serve(routes, fast_lane=fast_lane)
+    await served.get_all(["/api/items"])  # warm-up: pools, caches
+    await served.settled("items", 1)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        await served.get_all(["/api/items"] * 10)
+        assert (await served.settled("items", 11))["matched"] == 11
+        gc.collect()
+        cyclic = [type(o).__name__ for o in gc.garbage if type(o) in {PrimaryTap, LaneCall, _Call}]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert cyclic == []
