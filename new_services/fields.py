@@ -14,9 +14,11 @@ state and always hand out aware UTC datetimes:
 Neither field has ``auto_now``: the database defaults (``now()``) stay the only
 clock, so both sides of the migration stamp rows alike.
 
-`epoch_seconds` is the API boundary: the same floor and infinity rules as
-PgBank's codec (legacy_compat/_codecs.py), so a row reads as the same int on
-both sides. asyncpg decodes ``infinity`` / ``-infinity`` to datetime.max / min,
+`epoch_seconds` turns a datetime Python holds into the API's int: the same
+floor and infinity rules as PgBank's codec (legacy_compat/_codecs.py), so a row
+reads as the same int on both sides. Stored rows are read as ints computed in
+SQL instead (`new_services.sql.epoch_sql`): PostgreSQL keeps years a datetime
+cannot hold. asyncpg decodes ``infinity`` / ``-infinity`` to datetime.max / min,
 whose floored epoch seconds are exactly PgBank's `TIMESTAMP_INFINITY` /
 `TIMESTAMP_NEG_INFINITY`.
 """

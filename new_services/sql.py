@@ -13,6 +13,13 @@ text once per connection.
 
 Select lists come from the models (`columns`), which the drift test holds to
 schema.sql; the parity suite holds every statement's answers to club-api's.
+
+Timestamp columns are selected as epoch seconds computed by PostgreSQL
+(`epoch_sql`), never as datetimes: PostgreSQL stores years from 4714 BC to
+294276, Python's datetime only 1 to 9999, and asyncpg raises OverflowError
+decoding anything outside. The SQL follows PgBank's codec exactly (floor to
+the second; infinity as `TIMESTAMP_INFINITY`, -infinity as
+`TIMESTAMP_NEG_INFINITY`), so both sides read the same int from any row.
 """
 
 from __future__ import annotations
@@ -20,27 +27,64 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from tortoise.fields import DatetimeField
+
+from legacy_compat import TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY
+from new_services.fields import NaiveUTCDatetimeField
 
 if TYPE_CHECKING:
     from asyncpg import Record
     from tortoise.backends.base.client import BaseDBAsyncClient
     from tortoise.models import Model
 
-__all__ = ["active_page_sql", "columns", "fetch", "fetchrow", "jsonb"]
+__all__ = ["active_page_sql", "columns", "epoch_sql", "fetch", "fetchrow", "jsonb"]
 
 
-def columns(model: type[Model], fields: tuple[str, ...], *, alias: str = "") -> str:
-    """`a.col1, a.col2`: the model fields' column names, for a SELECT list."""
-    projection = model._meta.fields_db_projection  # noqa: SLF001  (Tortoise's field map)
+def epoch_sql(column: str, *, naive: bool) -> str:
+    """SQL for a timestamp column as PgBank's int epoch seconds, for any stored value.
+
+    `date_trunc` floors to the second before `extract`: extract(epoch) alone
+    rounds its last digits near the end of the range (PostgreSQL 15 reads
+    294276-12-31 23:59:59.999999 as ...6000, not ...5999). A timestamptz is
+    truncated as its UTC wall clock, so the session TimeZone plays no part.
+    """
+    wall = column if naive else f"({column} AT TIME ZONE 'UTC')"
+    return (
+        f"CASE {column} WHEN 'infinity' THEN {TIMESTAMP_INFINITY}::bigint"
+        f" WHEN '-infinity' THEN {TIMESTAMP_NEG_INFINITY}::bigint"
+        f" ELSE extract(epoch FROM date_trunc('second', {wall}))::bigint END"
+    )
+
+
+def columns(
+    model: type[Model], fields: tuple[str, ...], *, alias: str = "", epoch: bool = False
+) -> str:
+    """`a.col1, a.col2`: the model fields' column names, for a SELECT list.
+
+    With `epoch`, timestamp fields are selected as int epoch seconds
+    (`epoch_sql`) under their own column names.
+    """
+    meta = model._meta  # noqa: SLF001  (Tortoise's model metadata)
     prefix = f"{alias}." if alias else ""
-    return ", ".join(f"{prefix}{projection[name]}" for name in fields)
+    return ", ".join(
+        _column(meta.fields_map[name], f"{prefix}{meta.fields_db_projection[name]}", epoch=epoch)
+        for name in fields
+    )
+
+
+def _column(field: Any, column: str, *, epoch: bool) -> str:
+    if not (epoch and isinstance(field, DatetimeField)):
+        return column
+    naive = isinstance(field, NaiveUTCDatetimeField)
+    return f"{epoch_sql(column, naive=naive)} AS {column.rpartition('.')[2]}"
 
 
 def active_page_sql(model: type[Model], fields: tuple[str, ...]) -> str:
     """One statement for a list endpoint: a page of `model` rows and the total.
 
     $1 is the `active` filter (NULL: no filter, so one statement serves both),
-    $2 and $3 are LIMIT and OFFSET; rows come ordered by id, each with `total`.
+    $2 and $3 are LIMIT and OFFSET; rows come ordered by id, each with `total`;
+    timestamps come as epoch seconds (`columns(..., epoch=True)`).
     The page is LEFT JOINed to the count so an empty page still brings its
     total, as one row whose `id` is NULL.
     """
@@ -50,7 +94,7 @@ def active_page_sql(model: type[Model], fields: tuple[str, ...]) -> str:
     SELECT t.total, {columns(model, fields, alias="p")}
     FROM (SELECT count(*) AS total FROM {table} WHERE {where}) AS t
     LEFT JOIN LATERAL (
-        SELECT {columns(model, fields)} FROM {table}
+        SELECT {columns(model, fields, epoch=True)} FROM {table}
         WHERE {where}
         ORDER BY id LIMIT $2 OFFSET $3
     ) AS p ON true

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from new_services.events.cache import event_cache_key
 from new_services.events.models import Event
-from new_services.fields import epoch_seconds
 from new_services.http import NotFound, json_response
 from new_services.params import active_filter, pagination, path_id
 from new_services.services import SERVICES
@@ -28,7 +27,7 @@ __all__ = ["event_json", "get_event", "list_events", "load_event_detail"]
 _FIELDS: Final = ("id", "title", "meta", "starts_at", "capacity", "active", "updated_at")
 _LIST_SQL: Final = active_page_sql(Event, _FIELDS)
 _DETAIL_SQL: Final = f"""
-    SELECT {columns(Event, _FIELDS)},
+    SELECT {columns(Event, _FIELDS, epoch=True)},
            (SELECT count(*) FROM registrations r WHERE r.event_id = events.id) AS registered
     FROM events WHERE id = $1
 """
@@ -40,10 +39,10 @@ def event_json(row: Record) -> dict[str, Any]:
         "id": row["id"],
         "title": row["title"],
         "meta": jsonb(row["meta"]),
-        "starts_at": epoch_seconds(row["starts_at"]),
+        "starts_at": row["starts_at"],  # epoch seconds, from SQL
         "capacity": row["capacity"],
         "active": row["active"],
-        "updated_at": epoch_seconds(row["updated_at"]),
+        "updated_at": row["updated_at"],
     }
 
 

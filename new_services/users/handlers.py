@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from new_services.fields import epoch_seconds
 from new_services.http import NotFound, json_response
 from new_services.params import active_filter, pagination, path_id
 from new_services.services import SERVICES
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["get_user", "list_users", "user_json"]
 
 _FIELDS: Final = ("id", "name", "email", "profile", "active", "created_at")
-_GET_SQL: Final = f"SELECT {columns(User, _FIELDS)} FROM users WHERE id = $1"
+_GET_SQL: Final = f"SELECT {columns(User, _FIELDS, epoch=True)} FROM users WHERE id = $1"
 _LIST_SQL: Final = active_page_sql(User, _FIELDS)
 
 
@@ -35,7 +34,7 @@ def user_json(row: Record) -> dict[str, Any]:
         "email": row["email"],
         "profile": jsonb(row["profile"]),
         "active": row["active"],
-        "created_at": epoch_seconds(row["created_at"]),
+        "created_at": row["created_at"],  # epoch seconds, from SQL
     }
 
 

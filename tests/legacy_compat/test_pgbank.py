@@ -126,6 +126,11 @@ async def test_jsonb_arrays_and_nulls(bank: PgBank) -> None:
         -2_208_988_800,  # 1900-01-01: a negative epoch far back
         946_684_800,  # PostgreSQL's own epoch (2000-01-01): zero on the wire
         4_102_444_800,  # 2100-01-01
+        # PostgreSQL's range beyond Python's datetime (issue 17): never through datetime.
+        -210_866_803_200,  # 4714-11-24 BC, PostgreSQL's first second
+        -62_167_219_200,  # 0001-01-01 BC
+        576_874_173_600,  # 20250-06-01 10:00
+        9_224_318_015_999,  # 294276-12-31 23:59:59, PostgreSQL's last second
     ],
 )
 async def test_timestamps_round_trip_as_int_epoch_seconds(bank: PgBank, epoch: int) -> None:
