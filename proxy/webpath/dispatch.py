@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Final
 
+from aiohttp import WSCloseCode, web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -26,6 +27,7 @@ from proxy.core.send_deadline import set_send_timeout
 from proxy.core.state import CLIENT_CLOSED
 from proxy.routing.model import NEW, Upstream
 from proxy.upstream.limits import route_timeout, send_timeout
+from proxy.webpath.inprocess import PREPARED
 from proxy.webpath.relay import forward
 from proxy.webpath.responses import (
     BodyCounter,
@@ -39,7 +41,6 @@ from proxy.webpath.websocket import is_websocket_upgrade, relay_websocket
 
 if TYPE_CHECKING:
     import aiohttp
-    from aiohttp import web
 
     from proxy.core.decision import Decision
     from proxy.core.state import InProcessHandler, Proxy
@@ -230,6 +231,8 @@ class WebPath:
         return self._new_upstream
 
     def _record(self, call: _Call, response: web.StreamResponse | None) -> None:
+        if response is None:
+            response = _closed_websocket(call.request)
         aborted: str | None = None
         upstream_error: str | None = None
         body_bytes = 0
@@ -277,6 +280,24 @@ def _with_target_host(request: web.Request) -> web.Request:
     headers = CIMultiDict(request.headers)
     headers["Host"] = authority
     return request.clone(headers=headers)
+
+
+def _closed_websocket(request: web.Request) -> web.WebSocketResponse | None:
+    """The in-process WebSocket of a handler cancelled after its close handshake, if any.
+
+    The close handshake ends the connection, which cancels a handler still
+    cleaning up (`handler_cancellation`): the WebSocket ended normally, a 101.
+    A client that vanished leaves the socket without a close code, or 1006.
+    """
+    prepared = request.get(PREPARED)
+    ws = prepared.response if prepared is not None else None
+    if (
+        isinstance(ws, web.WebSocketResponse)
+        and ws.closed
+        and ws.close_code not in {None, WSCloseCode.ABNORMAL_CLOSURE}
+    ):
+        return ws
+    return None
 
 
 def _finish_tap(call: _Call, response: web.StreamResponse | None) -> None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import hdrs, web
 
@@ -30,9 +31,21 @@ if TYPE_CHECKING:
 
     from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["InProcessApp"]
+__all__ = ["PREPARED", "InProcessApp", "Prepared"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """The answer the new app's handler prepared itself (a stream, a WebSocket), once it has."""
+
+    response: web.StreamResponse | None = None
+
+
+# Left by `InProcessApp.handle` on the proxy's request: what the handler had
+# put on the wire even when the handler never returns (it was cancelled).
+PREPARED: Final = web.RequestKey("PREPARED", Prepared)
 
 
 class InProcessApp:
@@ -105,6 +118,8 @@ class InProcessApp:
         if not self._started:
             msg = "InProcessApp.start() has not been awaited"
             raise RuntimeError(msg)
+        # Before the clone: the new app's request shares it (`_echo_request_id`).
+        request[PREPARED] = Prepared()
         inner = _inner_request(request, headers)
         rid = request_id or inner.headers.get("X-Request-ID") or uuid.uuid4().hex
         try:
@@ -126,6 +141,9 @@ async def _echo_request_id(request: web.Request, response: web.StreamResponse) -
     rid = request.headers.get("X-Request-ID")
     if rid is not None:
         response.headers["X-Request-ID"] = rid
+    prepared = request.get(PREPARED)
+    if prepared is not None:
+        prepared.response = response
 
 
 def _inner_request(

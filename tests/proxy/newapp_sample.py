@@ -3,12 +3,14 @@
 Routes: ``GET /api/users/{id}`` and ``POST /api/events/{id}/registrations``
 (both answer JSON describing what they saw), plus ``GET /api/state`` showing
 the resource its `cleanup_ctx` opened, so a test can tell whether the proxy
-started the app, and ``GET /api/stream``, a streamed answer. `create_app(settings)` accepts the legacy Settings the proxy
+started the app, and ``GET /api/stream``, a streamed answer, and ``GET /api/ws``, a WebSocket
+echo (``"new:" + text``). `create_app(settings)` accepts the legacy Settings the proxy
 passes when routes.yaml gives `new.config_dir`; `SETTINGS_SEEN` holds them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -62,6 +64,19 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    try:
+        async for msg in ws:
+            await ws.send_str(f"new:{msg.data}")
+    finally:
+        # Cleanup that awaits after the close, as new_services' /ws
+        # unregisters from its hub: the connection is gone by then.
+        await asyncio.sleep(0.01)
+    return ws
+
+
 async def get_state(request: web.Request) -> web.Response:
     return web.json_response({"side": "new", "state": request.app[STATE]})
 
@@ -75,6 +90,7 @@ def create_app(settings: object | None = None) -> web.Application:
     app.router.add_post("/api/events/{id:\\d+}/registrations", create_registration)
     app.router.add_get("/api/state", get_state)
     app.router.add_get("/api/stream", stream)
+    app.router.add_get("/api/ws", ws_echo)
     return app
 
 
