@@ -286,17 +286,31 @@ def _match(node: Node) -> tuple[frozenset[str], str, Pattern]:
 
 
 def _canary(node: Node, to: str, targets: _Targets) -> Canary:
+    """A route's `canary:`; every problem in it is reported, not only the first."""
     spec = node.mapping(required=("to", "weight"), optional=("sticky",))
-    canary_to = targets.check(spec["to"])
-    if canary_to == to:
-        msg = f"the canary goes to {to!r}, the same target as the route"
-        raise spec["to"].error(msg)
-    weight = spec["weight"].number()
+    errors: list[RoutesError] = []
+    kwargs: dict[str, Any] = {"sticky": None}
+    with _collect(errors):
+        kwargs["to"] = canary_to = targets.check(spec["to"])
+        if canary_to == to:
+            msg = f"the canary goes to {to!r}, the same target as the route"
+            raise spec["to"].error(msg)
+    with _collect(errors):
+        kwargs["weight"] = _weight(spec["weight"])
+    if "sticky" in spec:
+        with _collect(errors):
+            kwargs["sticky"] = _sticky(spec["sticky"])
+    if errors:
+        raise RoutesError.collect(errors)
+    return Canary(**kwargs)
+
+
+def _weight(node: Node) -> float:
+    weight = node.number()
     if not 0.0 <= weight <= 1.0:
         msg = f"weight must be between 0 and 1, not {weight}"
-        raise spec["weight"].error(msg)
-    sticky = _sticky(spec["sticky"]) if "sticky" in spec else None
-    return Canary(to=canary_to, weight=weight, sticky=sticky)
+        raise node.error(msg)
+    return weight
 
 
 def _sticky(node: Node) -> Sticky:

@@ -148,6 +148,24 @@ def test_invalid_file_lists_every_problem(tmp_path: Path) -> None:
     assert "syntax is ok" not in out.getvalue()
 
 
+def test_every_problem_in_one_canary_is_listed(tmp_path: Path) -> None:
+    path = routes_file(
+        tmp_path,
+        """\
+        - id: a
+          match: "GET /a"
+          to: legacy
+          canary: {to: neww, weight: 1.5, sticky: "hdr:Authorization"}
+        """,
+    )
+    problems = check_routes(path)
+    assert [p.split(": ")[:2] for p in problems] == [
+        [f"{path}:9", "routes[0].canary.to"],
+        [f"{path}:9", "routes[0].canary.weight"],
+        [f"{path}:9", "routes[0].canary.sticky"],
+    ]
+
+
 def test_missing_config_dir(tmp_path: Path) -> None:
     path = routes_file(
         tmp_path,

@@ -216,6 +216,29 @@ routes:
     ]
 
 
+def test_every_problem_in_one_canary_is_reported(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        HEADER
+        + "routes:\n"
+        + '  - {id: a, match: "GET /a", to: legacy,\n'
+        + '     canary: {to: neww, weight: 1.5, sticky: "hdr:Authorization"}}\n'
+        + '  - {id: b, match: "GET /b", to: legacy, canary: {to: legacy, weight: -1}}\n',
+    )
+    assert [(e.line, e.key) for e in error.errors] == [
+        (9, "routes[0].canary.to"),
+        (9, "routes[0].canary.weight"),
+        (9, "routes[0].canary.sticky"),
+        (10, "routes[1].canary.to"),
+        (10, "routes[1].canary.weight"),
+    ]
+    messages = [e.message for e in error.errors]
+    assert "unknown target 'neww'" in messages[0]
+    assert "weight must be between 0 and 1, not 1.5" in messages[1]
+    assert "sticky must be" in messages[2]
+    assert "the same target as the route" in messages[3]
+
+
 def test_table_is_immutable(tmp_path: Path) -> None:
     table = table_with(tmp_path, '  - {id: a, match: "GET /a", to: legacy}\n')
     with pytest.raises(dataclasses.FrozenInstanceError):
