@@ -29,6 +29,9 @@ _FLOAT = "tag:yaml.org,2002:float"
 _BOOL = "tag:yaml.org,2002:bool"
 _NULL = "tag:yaml.org,2002:null"
 
+# Contexts whose mark is the start of the broken construct (`_syntax_error`).
+_CONSTRUCT_CONTEXTS = ("while parsing a flow", "while scanning a")
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?")
@@ -49,10 +52,7 @@ def compose(data: bytes, path: Path) -> Node:
     try:
         root = yaml.compose(data, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        msg = f"invalid YAML: {exc.problem or exc.context}"
-        raise RoutesError(msg, path=path, line=line) from exc
+        raise _syntax_error(exc, data, path) from exc
     except yaml.YAMLError as exc:
         msg = f"invalid YAML: {exc}"
         raise RoutesError(msg, path=path) from exc
@@ -60,6 +60,41 @@ def compose(data: bytes, path: Path) -> Node:
         msg = "the file is empty"
         raise RoutesError(msg, path=path)
     return Node(raw=root, key="", path=path)
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, data: bytes, path: Path) -> RoutesError:
+    """A syntax error at the line of the broken construct.
+
+    PyYAML's `problem_mark` is where it noticed the problem: for a construct
+    left open (a flow mapping or sequence, a quoted scalar, a key without
+    its colon) that is the next token, often on a later line. Its
+    `context_mark` is then where the construct starts, the line to fix. In
+    a block context the `context_mark` is the start of the enclosing block
+    instead, and the problem mark is the broken line itself.
+    """
+    problem, context = exc.problem_mark, exc.context_mark
+    detail = exc.problem or exc.context or "syntax error"
+    mark = problem or context
+    if (
+        problem is not None
+        and context is not None
+        and exc.context is not None
+        and exc.context.startswith(_CONSTRUCT_CONTEXTS)
+        and context.line < problem.line
+    ):
+        mark = context
+        noticed = f"line {problem.line + 1}, column {problem.column + 1}"
+        detail = f"{detail} {exc.context} that starts on this line (noticed at {noticed})"
+    elif problem is not None and _char_at(data, problem.line, problem.column) == "\t":
+        detail = "a tab cannot indent YAML: indent with spaces"
+    line = mark.line + 1 if mark is not None else 0
+    return RoutesError(f"invalid YAML: {detail}", path=path, line=line)
+
+
+def _char_at(data: bytes, line: int, column: int) -> str:
+    lines = data.decode("utf-8", "replace").splitlines()
+    text = lines[line] if line < len(lines) else ""
+    return text[column : column + 1]
 
 
 @dataclass(frozen=True, slots=True)
