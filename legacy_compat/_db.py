@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, Self
 
 import asyncpg
@@ -25,7 +27,7 @@ from legacy_compat._codecs import install_codecs
 from legacy_compat.errors import DatabaseError, TransactionTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
     from types import TracebackType
 
     from aiohttp import web
@@ -171,24 +173,39 @@ class Database(_Queries):
     async def _transaction(
         self, conn: PoolConnectionProxy[asyncpg.Record]
     ) -> AsyncIterator[Transaction]:
+        # asyncpg's transaction driven as its own `async with` would drive it, by
+        # hand so that a failed ROLLBACK never replaces the body's error. Managed
+        # and closed through the object, it is never taken on release for a
+        # leaked transaction ("Resetting connection with an active transaction").
         tx = conn.transaction()
         with translate_errors(self.name):
-            await tx.start()
+            await tx.__aenter__()  # BEGIN
         try:
             yield Transaction(self.name, conn)
         except BaseException:
             # Cancellation (the guard) lands here too: roll back before it propagates.
-            await self._settle(conn)
+            await self._settle(conn, partial(tx.__aexit__, *sys.exc_info()))
             raise
         with translate_errors(self.name):
-            await tx.commit()
+            await tx.__aexit__(None, None, None)  # COMMIT
 
-    async def _settle(self, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
-        """Leave `conn` outside any transaction, or close it if that is impossible."""
+    async def _settle(
+        self,
+        conn: PoolConnectionProxy[asyncpg.Record],
+        rollback: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """Leave `conn` outside any transaction, or close it if that is impossible.
+
+        `rollback` is the transaction object's; without one (the guard fired
+        outside the body, in BEGIN or COMMIT) a plain ROLLBACK, if still needed.
+        """
         try:
-            if conn.is_closed() or not conn.is_in_transaction():
+            if conn.is_closed():
                 return
-            await conn.execute("ROLLBACK")
+            if rollback is not None:
+                await rollback()
+            elif conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
         except asyncpg.InterfaceError:
             # The connection is already gone: the server ended the session (e.g. the
             # idle-in-transaction backstop) and asyncpg detached it from the pool.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -406,3 +407,41 @@ async def test_cleanup_ctx_serves_requests(
     client = await aiohttp_client(app)
     resp = await client.get("/")
     assert await resp.json() == {"n": 1}
+
+
+def _reset_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """asyncpg's complaint, through the loop's exception handler, when a release finds a
+    transaction it does not know was closed."""
+    return [r.getMessage() for r in caplog.records if "active transaction" in r.getMessage()]
+
+
+async def test_a_failed_body_rolls_back_through_the_transaction_object(
+    one_conn_bank: PgBank, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 17: a raw ROLLBACK left asyncpg's transaction object open, so every
+    # refused request logged "Resetting connection with an active transaction".
+    bank = one_conn_bank
+    pid = await bank.club.fetchval("SELECT pg_backend_pid()")
+
+    async def refused() -> None:
+        async with bank.club.transaction() as tx:
+            await tx.execute("INSERT INTO probe (id) VALUES (1)")
+            raise ValueError("refused")
+
+    async def failed_in_sql() -> None:
+        async with bank.club.transaction() as tx:
+            await tx.execute("INSERT INTO probe (id) VALUES (1), (1)")
+
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(3):
+            with pytest.raises(ValueError, match="refused"):
+                await refused()
+            with pytest.raises(DatabaseError):
+                await failed_in_sql()
+        # The one connection is usable afterwards: outside any transaction, and it commits.
+        assert await bank.club.fetchval("SELECT pg_backend_pid()") == pid
+        assert await bank.club.fetchval("SELECT count(*) FROM probe") == 0
+        async with bank.club.transaction() as tx:
+            await tx.execute("INSERT INTO probe (id) VALUES (2)")
+        assert await bank.club.fetchval("SELECT array_agg(id) FROM probe") == [2]
+    assert _reset_warnings(caplog) == []

@@ -8,6 +8,7 @@ registration is exact too, and it proves the new side lets PostgreSQL stamp it.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -16,6 +17,8 @@ from tests.new_services.conftest import FROZEN_NOW
 from tests.new_services.test_parity_reads import same_answer
 
 if TYPE_CHECKING:
+    import pytest
+
     from tests.new_services.conftest import Twins
 
 
@@ -122,3 +125,27 @@ async def test_concurrent_last_place_has_one_winner(twins: Twins) -> None:
     )
     statuses = sorted(r.status for r in responses)
     assert statuses == [201] + [422] * 7
+
+
+async def test_refused_registrations_log_no_leaked_transaction(
+    twins: Twins, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 17: each refusal inside club-api's PgBank transaction (404, 422 closed,
+    # 409, 422 full) made asyncpg log "Resetting connection with an active transaction".
+    refusals = [
+        ("/api/events/99999/registrations", U1, 404),
+        ("/api/events/1003/registrations", U1, 422),
+        ("/api/events/1002/registrations", U1, 422),
+        ("/api/events/1001/registrations", U1, 201),
+        ("/api/events/1001/registrations", U1, 409),
+        ("/api/events/1001/registrations", U2, 422),
+    ]
+    with caplog.at_level(logging.DEBUG):
+        for path, headers, status in refusals:
+            legacy = await twins.one(twins.legacy, "POST", path, headers=headers)
+            assert legacy.status == status, legacy
+        # club-api still serves reads and writes on the same pool afterwards.
+        legacy = await twins.one(twins.legacy, "POST", "/api/events/5/registrations", headers=U3)
+        assert legacy.status in {201, 422}, legacy
+    leaked = [r.getMessage() for r in caplog.records if "active transaction" in r.getMessage()]
+    assert leaked == []
