@@ -36,22 +36,28 @@ from proxy.telemetry.accesslog import configure_logging
 
 __all__ = ["main"]
 
+# argparse fills in the value. Written out per option rather than through
+# ArgumentDefaultsHelpFormatter, which would print the values of defaults
+# read from the environment (the admin token, the shadow DSN's password).
+_DEFAULT = "(default: %(default)s)"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="club-proxy", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("run", help="run the proxy")
     serve.add_argument("--routes", type=Path, required=True, help="the routes.yaml file")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--admin-host", default="127.0.0.1")
-    serve.add_argument("--admin-port", type=int, default=9901, help="0 for none")
+    serve.add_argument("--host", default="127.0.0.1", help=_DEFAULT)
+    serve.add_argument("--port", type=int, default=8000, help=_DEFAULT)
+    serve.add_argument("--admin-host", default="127.0.0.1", help=_DEFAULT)
+    serve.add_argument("--admin-port", type=int, default=9901, help=f"0 for none {_DEFAULT}")
     serve.add_argument(
         "--admin-token",
         default=os.environ.get("CLUB_PROXY_ADMIN_TOKEN"),
-        help="bearer token for the admin API (required off loopback)",
+        help="bearer token for the admin API, required off loopback "
+        "(default: $CLUB_PROXY_ADMIN_TOKEN)",
     )
-    serve.add_argument("--workers", type=int, default=1, help="processes on one port")
+    serve.add_argument("--workers", type=int, default=1, help=f"processes on one port {_DEFAULT}")
     serve.add_argument(
         "--trusted-proxy",
         action="append",
@@ -63,15 +69,17 @@ def _parser() -> argparse.ArgumentParser:
         "--via-pseudonym",
         default="club-proxy",
         metavar="NAME",
-        help="this proxy's name in Via; tiers in series need different names",
+        help=f"this proxy's name in Via; tiers in series need different names {_DEFAULT}",
     )
     serve.add_argument(
         "--underscores-in-headers",
         action="store_true",
         help="forward request headers whose names contain '_' (dropped by default, as nginx)",
     )
-    serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds, on SIGTERM")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--drain-timeout", type=float, default=30.0, help=f"seconds, on SIGTERM {_DEFAULT}"
+    )
+    serve.add_argument("--log-level", default="INFO", help=_DEFAULT)
     serve.add_argument("--no-access-log", action="store_true")
     serve.add_argument(
         "--no-fast-lane",
@@ -82,20 +90,26 @@ def _parser() -> argparse.ArgumentParser:
         "--shadow-dsn",
         default=os.environ.get("CLUB_PROXY_SHADOW_DSN"),
         metavar="DSN",
-        help="PostgreSQL for shadow results, shared by replicas (default: routes.yaml's "
-        "shadow_store, else memory)",
+        help="PostgreSQL for shadow results, shared by replicas (default: "
+        "$CLUB_PROXY_SHADOW_DSN, else routes.yaml's shadow_store, else memory)",
     )
     serve.add_argument(
-        "--shadow-queue", type=int, default=1024, help="shadow copies waiting, per process"
+        "--shadow-queue",
+        type=int,
+        default=1024,
+        help=f"shadow copies waiting, per process {_DEFAULT}",
     )
     serve.add_argument(
-        "--shadow-workers", type=int, default=16, help="shadow copies in flight, per process"
+        "--shadow-workers",
+        type=int,
+        default=16,
+        help=f"shadow copies in flight, per process {_DEFAULT}",
     )
     serve.add_argument(
         "--shadow-rate",
         type=float,
         default=200.0,
-        help="shadow copies per second at most, per process (0: no cap)",
+        help=f"shadow copies per second at most, per process, 0 for no cap {_DEFAULT}",
     )
     check = commands.add_parser("check", help="validate a routes file")
     check.add_argument("routes", type=Path)

@@ -66,6 +66,35 @@ def _run_refused(routes: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_run_help_shows_the_defaults(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLUB_PROXY_ADMIN_TOKEN", "s3cret-token")
+    monkeypatch.setenv("CLUB_PROXY_SHADOW_DSN", "postgresql://u:s3cret-pw@db/x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    for option, default in [
+        ("--host", "127.0.0.1"),
+        ("--port", "8000"),
+        ("--admin-port", "9901"),
+        ("--workers", "1"),
+        ("--via-pseudonym", "club-proxy"),
+        ("--drain-timeout", "30.0"),
+        ("--log-level", "INFO"),
+        ("--shadow-queue", "1024"),
+        ("--shadow-workers", "16"),
+        ("--shadow-rate", "200.0"),
+    ]:
+        help_text = out.split(f" {option} ", 1)[1].split(" --", 1)[0]
+        assert f"(default: {default})" in help_text, option
+    # Defaults taken from the environment are named, never shown: they are secrets.
+    assert "$CLUB_PROXY_ADMIN_TOKEN" in out
+    assert "$CLUB_PROXY_SHADOW_DSN" in out
+    assert "s3cret" not in out
+
+
 def test_run_refuses_a_public_admin_api_without_token(
     tmp_path: Path, unused_tcp_port_factory: Any
 ) -> None:
