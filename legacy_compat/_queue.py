@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 import asyncpg
 
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["PgQueue"]
 
 logger = logging.getLogger(__name__)
+
+# The QueueStats fields that come from the listener (ListenerStats' names).
+_LISTENER_COUNTERS: Final = ("connects", "reconnects", "connection_losses", "notifications")
 
 
 class _Source(Protocol):
@@ -107,6 +110,10 @@ class PgQueue:
         self._counters = Counters()
         self._router = Router(self._counters)
         self._listener: Listener | None = None
+        # Each start makes a new Listener; the counts of those stopped are kept
+        # here (and those stopping still counted live) so stats() stays monotonic.
+        self._stopped_listeners = dict.fromkeys(_LISTENER_COUNTERS, 0)
+        self._stopping: list[Listener] = []
         self._source: _Source | None = None
         self._task: asyncio.Task[None] | None = None
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
@@ -126,15 +133,11 @@ class PgQueue:
         return None if self._listener is None else self._listener.backend_pid
 
     def stats(self) -> QueueStats:
+        """Counters for the life of the queue: they never go back, across stop and start."""
+        listeners = [*self._stopping, *([] if self._listener is None else [self._listener])]
         values = dict(self._counters.values)
-        if self._listener is not None:
-            listener = self._listener.stats()
-            values.update(
-                connects=listener.connects,
-                reconnects=listener.reconnects,
-                connection_losses=listener.connection_losses,
-                notifications=listener.notifications,
-            )
+        for name, total in self._stopped_listeners.items():
+            values[name] = total + sum(getattr(lst.stats(), name) for lst in listeners)
         return QueueStats(**values)
 
     async def start(self) -> None:
@@ -158,18 +161,29 @@ class PgQueue:
         are delivered again at the next start (their offset was not saved).
         """
         listener, self._listener = self._listener, None
+        if listener is not None:
+            self._stopping.append(listener)
         task, self._task = self._task, None
         source, self._source = self._source, None
         # The consumer first: it queries the listener's connection.
         if task is not None and source is not None:
             await self._stop_source(source, task)
         if listener is not None:
-            await listener.stop()
+            await self._stop_listener(listener)
         if source is not None:
             await source.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    async def _stop_listener(self, listener: Listener) -> None:
+        try:
+            await listener.stop()
+        finally:
+            self._stopping.remove(listener)
+            final = listener.stats()
+            for name in self._stopped_listeners:
+                self._stopped_listeners[name] += getattr(final, name)
 
     async def _stop_source(self, source: _Source, task: asyncio.Task[None]) -> None:
         # Durable mode may finish the chunk in hand (and save its offset), so

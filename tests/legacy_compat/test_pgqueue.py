@@ -322,3 +322,30 @@ async def test_cleanup_ctx_starts_and_stops_with_the_app(pg_dsn: str) -> None:
     assert queue.listener_pid is not None
     await runner.cleanup()
     assert queue.listener_pid is None
+
+
+async def test_counters_never_go_back_across_stop_and_start(pg_dsn: str) -> None:
+    # Issue 17: stats() after stop() reported the listener's counters as 0, so a
+    # Prometheus scrape after a stop saw counters go backwards.
+    got = Recorder()
+    queue = PgQueue(pg_dsn, window=0.05, backoff=Backoff(initial=0.05))
+    queue.on("x", got)
+    async with queue:
+        old = await terminate_listener(queue, pg_dsn)
+        await wait_until(lambda: queue.listener_pid not in (None, old))
+        await queue.notify("x", {"n": 1})
+        await wait_until(lambda: len(got.events) == 1)
+        running = queue.stats()
+    assert (running.connects, running.reconnects, running.connection_losses) == (2, 1, 1)
+    assert running.notifications == 1
+
+    stopped = queue.stats()
+    assert stopped == running  # nothing arrived since: the same snapshot, not zeros
+
+    async with queue:
+        await queue.notify("x", {"n": 2})
+        await wait_until(lambda: len(got.events) == 2)
+        again = queue.stats()
+    assert (again.connects, again.reconnects, again.connection_losses) == (3, 1, 1)
+    assert (again.notifications, again.received, again.delivered) == (2, 2, 2)
+    assert queue.stats() == again
