@@ -67,7 +67,7 @@ class _Call:
     # Counts the body bytes of an answer the proxy does not relay itself.
     sent: BodyCounter | None = None
     aborted: str | None = None
-    # A copy of the answer for the route's shadow (only on a shadowed route).
+    # A copy of the answer for the route's shadow or capture (only on such a route).
     tap: PrimaryTap | None = None
 
     def count_body(self) -> None:
