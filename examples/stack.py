@@ -7,7 +7,8 @@ default `club_demo`), applies the reference schema and a seed
 reference club-api (`CLUB_API_PORT`, default 8080 when free) and club-proxy
 in front of it (`CLUB_PROXY_PORT`, default 8000, admin API on
 `CLUB_PROXY_ADMIN_PORT`, default 9000) serving `CLUB_ROUTES` (default the
-repository's routes.yaml, edited live), prints one `NAME URL` line per service
+repository's routes.yaml, edited live; its legacy URL is `CLUB_API_URL`,
+which the proxy gets set to club-api's), prints one `NAME URL` line per service
 so people and scripts can find them, and stops everything it started on Ctrl-C
 or SIGTERM.
 """
@@ -21,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,25 +142,30 @@ def _port(variable: str, preferred: int) -> int:
     return _free_port()
 
 
-def routes_for(club_url: str, tmpdir: Path) -> Path:
-    """The routes file the proxy serves.
+def routes_for(club_url: str) -> Path:
+    """The routes file the proxy serves: `CLUB_ROUTES` (default: the repository's routes.yaml).
 
-    `CLUB_ROUTES` (default: the repository's routes.yaml) as it is, so an edit
-    of it is applied live, when its legacy upstream is where club-api runs;
-    otherwise a copy pointing at club-api, written to `tmpdir`.
+    Always the file itself, so an edit of it is applied live on any port: the
+    proxy gets `CLUB_API_URL=club_url` (`proxy_env`), which the repository's
+    file takes as its legacy upstream (`url: "${CLUB_API_URL:-...}"`,
+    docs/routes.md). A file whose legacy URL is a fixed other address is
+    served as it is, with a warning.
     """
     routes = Path(os.environ.get("CLUB_ROUTES") or ROOT / "routes.yaml").resolve()
-    data = yaml.safe_load(routes.read_text(encoding="utf-8"))
-    if data["upstreams"]["legacy"]["url"].rstrip("/") == club_url:
-        return routes
-    data["upstreams"]["legacy"]["url"] = club_url
-    new = data.get("new") or {}
-    if new.get("config_dir"):
-        new["config_dir"] = str((routes.parent / new["config_dir"]).resolve())
-    copy = tmpdir / "routes.yaml"
-    copy.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    note(f"routes: {routes} points elsewhere than {club_url}; serving the copy {copy}")
-    return copy
+    with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        data = yaml.safe_load(routes.read_text(encoding="utf-8"))
+        url = str(data["upstreams"]["legacy"]["url"])
+        if "${CLUB_API_URL" not in url and url.rstrip("/") != club_url:
+            note(
+                f"routes: {routes} sends legacy to {url}, not to club-api at {club_url}; "
+                'write url: "${CLUB_API_URL:-...}" there to follow it (docs/routes.md)'
+            )
+    return routes
+
+
+def proxy_env(env: dict[str, str], club_url: str) -> dict[str, str]:
+    """The proxy's environment: `env` with `CLUB_API_URL`, where club-api listens."""
+    return {**env, "CLUB_API_URL": club_url}
 
 
 async def start_club_api(env: dict[str, str]) -> ChildProcess:
@@ -194,21 +199,20 @@ async def run_stack(services: DevServices) -> None:
         "CLUB_SETTINGS__REDIS_URL": services.redis_url,
     }
     children: list[ChildProcess] = []
-    with tempfile.TemporaryDirectory(prefix="club-stack-") as tmpdir:
-        try:
-            club = await start_club_api(env)
-            children.append(club)
-            announce("club-api", club.url)
-            proxy, admin = await start_proxy(env, routes_for(club.url, Path(tmpdir)))
-            children.append(proxy)
-            announce("proxy", proxy.url)
-            announce("admin", admin)
-            announce("shadow", f"{admin}/-/shadow")
-            await asyncio.Event().wait()  # until a signal cancels us
-        finally:
-            # The proxy first, so it never answers 502 for a club-api we stopped.
-            for child in reversed(children):
-                await child.stop()
+    try:
+        club = await start_club_api(env)
+        children.append(club)
+        announce("club-api", club.url)
+        proxy, admin = await start_proxy(proxy_env(env, club.url), routes_for(club.url))
+        children.append(proxy)
+        announce("proxy", proxy.url)
+        announce("admin", admin)
+        announce("shadow", f"{admin}/-/shadow")
+        await asyncio.Event().wait()  # until a signal cancels us
+    finally:
+        # The proxy first, so it never answers 502 for a club-api we stopped.
+        for child in reversed(children):
+            await child.stop()
 
 
 async def serve() -> None:

@@ -7,6 +7,7 @@ the keys, their defaults and the rules enforced here.
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ SCHEMA_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _MATCH = re.compile(r"(?:(?P<methods>[^/]*?)\s+)?(?P<path>/\S*)")
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,19 +175,50 @@ def _upstream(name: str, node: Node) -> Upstream:
 
 
 def _url(node: Node) -> URL:
-    text = node.string()
+    """An upstream URL; `${NAME}` and `${NAME:-default}` in it come from the environment."""
+    raw = node.string()
+    text = _expand(node, raw)
+    shown = f"{text!r} (from {raw!r})" if text != raw else repr(text)
     try:
         url = URL(text)
     except ValueError as exc:
-        msg = f"invalid url {text!r}: {exc}"
+        msg = f"invalid url {shown}: {exc}"
         raise node.error(msg) from exc
     if url.scheme not in {"http", "https"} or not url.host:
-        msg = f"url {text!r} must be http:// or https:// with a host"
+        msg = f"url {shown} must be http:// or https:// with a host"
         raise node.error(msg)
     if url.raw_path not in {"", "/"} or url.raw_query_string or url.raw_fragment or url.user:
-        msg = f"url {text!r} must be only scheme://host[:port]: the request path is forwarded as is"
+        msg = f"url {shown} must be only scheme://host[:port]: the request path is forwarded as is"
         raise node.error(msg)
     return url.origin()
+
+
+def _expand(node: Node, text: str) -> str:
+    """`text` with each `${NAME}` / `${NAME:-default}` replaced from the environment.
+
+    Exactly these two forms, as in docker-compose: `:-` takes the default when the
+    variable is unset or empty; `${NAME}` unset is an error. Any other `$` is an
+    error too (a URL never holds one), so a typo is not passed on as a host name.
+    """
+    literals = _VARIABLE.split(text)[::4]  # split() yields text, name, default, text, ...
+    if any("$" in literal for literal in literals):
+        msg = f"unsupported '$' in url {text!r}: write ${{NAME}} or ${{NAME:-default}}"
+        raise node.error(msg)
+    parts: list[str] = []
+    end = 0
+    for found in _VARIABLE.finditer(text):
+        parts.append(text[end : found.start()])
+        end = found.end()
+        value = os.environ.get(found["name"])
+        if found["default"] is not None:
+            parts.append(value or found["default"])
+        elif value is None:
+            msg = f"environment variable {found['name']} is not set (in {text!r})"
+            raise node.error(msg)
+        else:
+            parts.append(value)
+    parts.append(text[end:])
+    return "".join(parts)
 
 
 def _positive_int(node: Node) -> int:
