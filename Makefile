@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 LOCK := requirements.lock
 BENCH_LOCK := requirements-bench.lock
 
-.PHONY: run test lint bench venv clean lock lock-upgrade lock-check
+.PHONY: run check test lint bench venv clean lock lock-upgrade lock-check
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -31,6 +31,11 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	@$(BIN)/python -m examples.stack
+
+# Validate routes.yaml like `nginx -t` (ROUTES=FILE for another file).
+ROUTES ?= routes.yaml
+check: $(STAMP)
+	$(BIN)/club-proxy check $(ROUTES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
