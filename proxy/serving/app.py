@@ -5,6 +5,12 @@ route in front of the route table. Resources live in `cleanup_ctx`: the watcher 
 the upstream pools (kept in step with reloads) and the in-process new app,
 built once: a reload that would need other code is refused
 (`proxy.serving.check.reload_errors`). SIGHUP reloads routes.yaml.
+
+On shutdown (`on_shutdown`, which aiohttp's runner calls after the listening
+sockets close and BEFORE it waits for handlers up to the drain timeout) the
+proxy turns unready and closes every WebSocket with 1001 (Going Away): the
+relayed ones and, through the in-process app's own on_shutdown, the new app's.
+Plain requests in flight are left to finish.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from proxy.webpath.appfactory import build_new_app
 from proxy.webpath.dispatch import WebPath
 from proxy.webpath.inprocess import InProcessApp
 from proxy.webpath.responses import OwnResponse, error_response
+from proxy.webpath.ws_relay import RELAYS, Relays
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -119,6 +126,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         await proxy.watcher.stop()
         await proxy.pools.close()
+
+
+async def _going_away(app: web.Application) -> None:
+    """on_shutdown: close every WebSocket with 1001 now, so none holds the drain."""
+    proxy = app[PROXY]
+    proxy.ready = False
+    app[RELAYS].going_away()
+    if isinstance(proxy.inprocess, InProcessApp):
+        await proxy.inprocess.shutdown()
 
 
 @contextlib.asynccontextmanager
@@ -330,6 +346,8 @@ def create_app(
         middlewares=[_non_origin_targets],
     )
     app[PROXY] = proxy
+    app[RELAYS] = Relays()
     app.router.add_route("*", "/{tail:.*}", WebPath(proxy).handle, expect_handler=_expect)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_going_away)
     return app

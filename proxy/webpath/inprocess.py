@@ -12,17 +12,22 @@ tests/proxy/test_inprocess.py so an upgrade that changes them fails loudly:
   run its middlewares, call the handler.
 
 Lifecycle mirrors `web.AppRunner`: freeze on_startup, run startup (which enters
-the app's cleanup_ctx), freeze the rest; `close()` runs shutdown and cleanup.
+the app's cleanup_ctx), freeze the rest; `shutdown()` runs the app's on_shutdown
+(where apps close their WebSockets) and then closes with 1001 any WebSocket of
+the app still open, `close()` runs shutdown (if not yet run) and cleanup. The
+proxy calls `shutdown()` from its own on_shutdown, before the server waits for
+handlers, as aiohttp does for an app it serves itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from aiohttp import hdrs, web
+from aiohttp import WSCloseCode, hdrs, web
 
 from proxy.webpath.responses import error_response
 
@@ -51,22 +56,27 @@ PREPARED: Final = web.RequestKey("PREPARED", Prepared)
 class InProcessApp:
     """The new app, started inside the proxy and called without an HTTP hop.
 
-    `await start()` runs its startup and cleanup_ctx, `await close()` its shutdown
-    and cleanup; `cleanup_ctx` does both for the proxy app. `await handle(request)`
+    `await start()` runs its startup and cleanup_ctx, `await shutdown()` its
+    on_shutdown (then closes its open WebSockets with 1001), `await close()` its
+    shutdown and cleanup; `cleanup_ctx` does both for the proxy app. `await handle(request)`
     dispatches a proxy request into it: handlers see a normal request (their own
     `match_info`, `request.app`, headers, body), middlewares run, 404/405 and
     other HTTP errors come back as responses, and an exception becomes a 500
     JSON `{"error", "request_id"}`.
     """
 
-    __slots__ = ("_app", "_started")
+    __slots__ = ("_app", "_shut_down", "_started", "_websockets")
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._started = False
+        self._shut_down = False
+        # The app's WebSockets in progress: closed with 1001 at shutdown.
+        self._websockets: set[web.WebSocketResponse] = set()
         # Also for answers the handler prepares itself (a stream, a WebSocket),
         # which are on the wire before the proxy sees them.
         app.on_response_prepare.append(_echo_request_id)
+        app.on_response_prepare.append(self._track_websocket)
 
     @property
     def app(self) -> web.Application:
@@ -83,16 +93,41 @@ class InProcessApp:
             raise
         self._app.freeze()
         self._started = True
+        self._shut_down = False
 
-    async def close(self) -> None:
-        """Run on_shutdown, then on_cleanup (closing cleanup_ctx resources in reverse)."""
-        if not self._started:
+    async def shutdown(self) -> None:
+        """Run on_shutdown once, then close the app's WebSockets still open with 1001.
+
+        What aiohttp's runner does before it waits for handlers: the app's own
+        hooks close its sockets (new_services' hub does); any socket they leave
+        open (an app without such a hook) is closed here, so no WebSocket holds
+        the proxy's drain.
+        """
+        if not self._started or self._shut_down:
             return
-        self._started = False
+        self._shut_down = True
         try:
             await self._app.shutdown()
         finally:
+            sockets = [ws for ws in self._websockets if not ws.closed]
+            await asyncio.gather(
+                *(ws.close(code=WSCloseCode.GOING_AWAY) for ws in sockets),
+                return_exceptions=True,
+            )
+
+    async def close(self) -> None:
+        """Run on_shutdown (unless `shutdown()` did), then on_cleanup (cleanup_ctx in reverse)."""
+        if not self._started:
+            return
+        try:
+            await self.shutdown()
+        finally:
+            self._started = False
             await self._app.cleanup()
+
+    async def _track_websocket(self, _request: web.Request, response: web.StreamResponse) -> None:
+        if isinstance(response, web.WebSocketResponse):
+            self._websockets.add(response)
 
     async def cleanup_ctx(self, _: web.Application) -> AsyncIterator[None]:
         """For `proxy_app.cleanup_ctx.append(inprocess.cleanup_ctx)`."""
@@ -131,6 +166,11 @@ class InProcessApp:
             if request.writer.output_size:
                 raise  # the handler had started its answer: only aborting is honest
             return error_response(500, "new handler failed", request_id=rid, kind="new_handler")
+        finally:
+            # A WebSocket's handler returns when it is over.
+            prepared = request[PREPARED].response
+            if isinstance(prepared, web.WebSocketResponse):
+                self._websockets.discard(prepared)
         if not response.prepared:
             await _run_prepare_hooks(inner, response)
         return response

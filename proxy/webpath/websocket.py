@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, hdrs, web
 from proxy.core.headers import response_headers
 from proxy.upstream.handshake import UpstreamRefusal
 from proxy.webpath.responses import PassThroughResponse, error_response
-from proxy.webpath.ws_relay import CLOSE_TIMEOUT, Relay
+from proxy.webpath.ws_relay import CLOSE_TIMEOUT, RELAYS, Relay
 
 if TYPE_CHECKING:
     from multidict import CIMultiDict, CIMultiDictProxy
@@ -181,5 +181,8 @@ async def _accept_and_relay(
         await upstream.close(code=WSCloseCode.GOING_AWAY)
         raise
     logger.debug("proxy.ws_open", extra={**log, "protocol": upstream.protocol or ""})
-    await Relay(client=client, upstream=upstream, log=log).run()
+    relay = Relay(client=client, upstream=upstream, log=log)
+    # The proxy app's relays end with 1001 when it shuts down (`proxy.serving.app`).
+    relays = request.config_dict.get(RELAYS)
+    await (relays.run(relay) if relays is not None else relay.run())
     return client

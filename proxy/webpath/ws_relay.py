@@ -7,19 +7,23 @@ and PONG frames are relayed too, payload and all (both sides run with
 codes and reasons travel both ways with the close handshake relayed end to
 end: the initiator's code and reason reach the other side, and the other
 side's reply code goes back to the initiator.
+
+`Relays` holds the relays in progress: when the proxy stops, `going_away()`
+ends each one at once, closing both sides with 1001 (Going Away) at the same
+time, instead of the server waiting its drain timeout for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import aiohttp
-from aiohttp import WSCloseCode, WSMsgType
+from aiohttp import WSCloseCode, WSMsgType, web
 
-__all__ = ["CLOSE_TIMEOUT", "Relay"]
+__all__ = ["CLOSE_TIMEOUT", "RELAYS", "Relay", "Relays"]
 
 # The relay's records keep the logger name they had inside proxy.webpath.websocket.
 logger = logging.getLogger("proxy.webpath.websocket")
@@ -71,15 +75,20 @@ class _End:
     reason: bytes = b""
     second: _Socket
     second_code: int
+    # Both close handshakes at once (shutdown), not `first` then `second`.
+    together: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# eq=False: a relay is an identity (held in `Relays`' set), not a value.
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Relay:
     """Two pumps, one per direction; the first to end decides how both sides close."""
 
     client: _Socket
     upstream: _Socket
     log: dict[str, str]
+    # Set by `Relays.going_away()`: end now, both sides closed with 1001.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
         pumps = [
@@ -91,8 +100,21 @@ class Relay:
             ),
         ]
         end: _End | None = None
+        stopping = asyncio.create_task(self.stopping.wait())
         try:
-            end = await self._first_end(pumps, patience=None)
+            await asyncio.wait([*pumps, stopping], return_when=asyncio.FIRST_COMPLETED)
+            done = {pump for pump in pumps if pump.done()}
+            if done:
+                end = self._outcome(done)
+            else:
+                code = WSCloseCode.GOING_AWAY
+                end = _End(
+                    first=self.client,
+                    code=code,
+                    second=self.upstream,
+                    second_code=code,
+                    together=True,
+                )
         except asyncio.CancelledError:
             # Handler cancellation: the client connection dropped. The pumps
             # see the same loss (or a last error such as 1009) within moments;
@@ -102,14 +124,20 @@ class Relay:
         finally:
             # The other pump is stopped BEFORE closing: aiohttp's close() from
             # another task first has to break that task's pending receive().
+            stopping.cancel()
             for pump in pumps:
                 pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            await asyncio.gather(stopping, *pumps, return_exceptions=True)
             if end is None:
                 code = WSCloseCode.GOING_AWAY
                 end = _End(first=self.upstream, code=code, second=self.client, second_code=code)
-            await end.first.close(code=_sendable(end.code), message=end.reason)
-            await end.second.close(code=_sendable(end.second_code))
+            first = end.first.close(code=_sendable(end.code), message=end.reason)
+            second = end.second.close(code=_sendable(end.second_code))
+            if end.together:
+                await asyncio.gather(first, second)
+            else:
+                await first
+                await second
             logger.debug("proxy.ws_closed", extra={**self.log, "code": end.code})
 
     async def _first_end(
@@ -148,6 +176,39 @@ class Relay:
                 return _End(first=dst, code=code, second=src, second_code=code)
             else:  # CLOSED, CLOSING or a transport error: src vanished
                 return _End(first=dst, code=src_gone, second=src, second_code=src_gone)
+
+
+class Relays:
+    """The relays in progress in one proxy app (`RELAYS`), ended together at shutdown."""
+
+    __slots__ = ("_live", "_stopping")
+
+    def __init__(self) -> None:
+        self._live: set[Relay] = set()
+        self._stopping = False
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    async def run(self, relay: Relay) -> None:
+        """`relay.run()`, ended by `going_away()` (at once if it was already called)."""
+        self._live.add(relay)
+        if self._stopping:
+            relay.stopping.set()
+        try:
+            await relay.run()
+        finally:
+            self._live.discard(relay)
+
+    def going_away(self) -> None:
+        """End every relay, now and from now on: both sides get 1001 (Going Away)."""
+        self._stopping = True
+        for relay in self._live:
+            relay.stopping.set()
+
+
+# The proxy app's relays (`proxy.serving.app` sets it; its on_shutdown ends them).
+RELAYS: Final = web.AppKey("RELAYS", Relays)
 
 
 def _sendable(code: int) -> int:
