@@ -10,7 +10,10 @@ in front of it (`CLUB_PROXY_PORT`, default 8000, admin API on
 repository's routes.yaml, edited live; its legacy URL is `CLUB_API_URL`,
 which the proxy gets set to club-api's), prints one `NAME URL` line per service
 so people and scripts can find them, and stops everything it started on Ctrl-C
-or SIGTERM.
+or SIGTERM: the proxy first, then club-api, then Redis and PostgreSQL. The
+first signal starts that stop and any later one is ignored (make passes the
+signal on after the whole process group already had it), so a stop always
+runs to its end.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTBOX_SQL = ROOT / "legacy_compat" / "sql" / "outbox.sql"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+# The proxy's --drain-timeout: WebSockets close at once (1001), plain requests get
+# this long; the stack waits the proxy's own kill margin longer before a SIGKILL.
+PROXY_DRAIN_TIMEOUT = 10.0
+PROXY_STOP_TIMEOUT = PROXY_DRAIN_TIMEOUT + 10.0
 
 
 def announce(name: str, url: str) -> None:
@@ -82,13 +89,14 @@ class ChildProcess:
     process: asyncio.subprocess.Process
     url: str
     ready_url: str
+    stop_timeout: float = STOP_TIMEOUT
 
     async def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT."""
+        """SIGTERM, then SIGKILL if it has not exited within `stop_timeout`."""
         if self.process.returncode is None:
             self.process.terminate()
             try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
+                await asyncio.wait_for(self.process.wait(), self.stop_timeout)
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
@@ -110,7 +118,13 @@ async def _wait_ready(child: ChildProcess) -> None:
 
 
 async def start_child(
-    name: str, args: list[str], *, env: dict[str, str], url: str, ready_url: str
+    name: str,
+    args: list[str],
+    *,
+    env: dict[str, str],
+    url: str,
+    ready_url: str,
+    stop_timeout: float = STOP_TIMEOUT,
 ) -> ChildProcess:
     """Start `python args...` and wait until `ready_url` answers 200."""
     process = await asyncio.create_subprocess_exec(
@@ -123,7 +137,9 @@ async def start_child(
         # Its own session: Ctrl-C reaches only us, and we stop it in order.
         start_new_session=True,
     )
-    child = ChildProcess(name=name, process=process, url=url, ready_url=ready_url)
+    child = ChildProcess(
+        name=name, process=process, url=url, ready_url=ready_url, stop_timeout=stop_timeout
+    )
     try:
         await _wait_ready(child)
     except BaseException:
@@ -184,7 +200,15 @@ async def start_proxy(env: dict[str, str], routes: Path) -> tuple[ChildProcess, 
     url, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
     args = ["-m", "proxy", "run", "--routes", str(routes), "--host", "127.0.0.1"]
     args += ["--port", str(port), "--admin-port", str(admin_port)]
-    child = await start_child("proxy", args, env=env, url=url, ready_url=f"{admin}/-/ready")
+    args += ["--drain-timeout", str(PROXY_DRAIN_TIMEOUT)]
+    child = await start_child(
+        "proxy",
+        args,
+        env=env,
+        url=url,
+        ready_url=f"{admin}/-/ready",
+        stop_timeout=PROXY_STOP_TIMEOUT,
+    )
     return child, admin
 
 
@@ -215,13 +239,28 @@ async def run_stack(services: DevServices) -> None:
             await child.stop()
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_once(main: asyncio.Task[None]) -> None:
+    """The first stop signal cancels `main`; later ones are ignored.
+
+    A second cancel would land in the middle of the ordered stop (`run_stack`'s
+    finally) and leave the children not yet stopped running.
+    """
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, note, "already stopping")
+    main.cancel()
+
+
 async def serve() -> None:
     # A signal cancels the whole run at whatever step it is in; every step cleans up.
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if main is not None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, main.cancel)
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, _stop_once, main)
     services = start_services(
         pg_dsn=os.environ.get("CLUB_PG_DSN") or None,
         redis_url=os.environ.get("CLUB_REDIS_URL") or None,
