@@ -13,6 +13,12 @@ The shadow draw (whether a copy of the request goes to the other side) is
 made here too, for the same reason: `Decision.shadow` is the route's
 `shadow:` when this request is in its sample, else None; and so is the
 capture draw (`Decision.capture`).
+
+A trusted peer (`ForwardingPolicy.is_trusted`) may force the target of one
+request with `X-Club-Force-Target: <target>` (a target the table knows);
+such a request is neither shadowed nor captured. From anyone else, or naming
+an unknown target, the header is ignored; it never goes upstream
+(`proxy.core.headers`).
 """
 
 from __future__ import annotations
@@ -20,14 +26,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from proxy.routing.canary import capture_sampled, choose_target, shadow_sampled
+from proxy.routing.model import NEW
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from proxy.core.headers import ForwardingPolicy
     from proxy.routing.model import Capture, Route, RouteMatch, Shadow
     from proxy.routing.table import RouteTable
 
-__all__ = ["CookieSource", "Decision", "PendingDecision", "decide", "take_decision"]
+__all__ = [
+    "FORCE_TARGET",
+    "CookieSource",
+    "Decision",
+    "PendingDecision",
+    "decide",
+    "exposes_target",
+    "take_decision",
+]
+
+# The request header a trusted peer forces a request's target with.
+FORCE_TARGET: Final = "X-Club-Force-Target"
 
 
 class Decision(NamedTuple):
@@ -57,16 +76,26 @@ class CookieSource(Protocol):
 _new_decision: Final = tuple.__new__
 
 
-def decide(
-    table: RouteTable, match: RouteMatch, headers: Mapping[str, str], cookies: CookieSource
+def decide(  # noqa: PLR0917 - the request's parts, positional on every request's path
+    table: RouteTable,
+    match: RouteMatch,
+    headers: Mapping[str, str],
+    cookies: CookieSource,
+    policy: ForwardingPolicy | None = None,
+    peer: str | None = None,
 ) -> Decision:
     """The request's target (the route's `to`, or its canary's) and shadow, drawn once.
 
     `match` is `table.match(method, path)`; `headers` must look names up
     case-insensitively; `cookies.cookies` is read only by a cookie-sticky
-    canary route.
+    canary route. With a `policy` that trusts some peers, a trusted `peer`'s
+    `X-Club-Force-Target` names the target instead (see the module).
     """
     route = match.route
+    if policy is not None and policy.trusted:
+        forced = _forced_target(table, headers, policy, peer)
+        if forced is not None:
+            return _new_decision(Decision, (table, route, forced, None, None))
     if route is None:
         return _new_decision(Decision, (table, route, match.target, None, None))
     target = (
@@ -81,6 +110,26 @@ def decide(
     if capture is not None and not capture_sampled(capture):
         capture = None
     return _new_decision(Decision, (table, route, target, shadow, capture))
+
+
+def _forced_target(
+    table: RouteTable, headers: Mapping[str, str], policy: ForwardingPolicy, peer: str | None
+) -> str | None:
+    """The target `X-Club-Force-Target` names, if the table knows it and the peer is trusted."""
+    value = headers.get(FORCE_TARGET)
+    if value is None:
+        return None
+    target = value.strip()
+    known = target in table.upstreams or (target == NEW and table.new is not None)
+    if not known or not policy.is_trusted(peer):
+        return None
+    return target
+
+
+def exposes_target(decision: Decision) -> bool:
+    """Whether this request's answer carries `X-Club-Target` (`expose_target:`)."""
+    route = decision.route
+    return route.expose_target if route is not None else decision.table.expose_target
 
 
 class PendingDecision(NamedTuple):

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOP_BY_HOP",
+    "TARGET_HEADER",
     "ForwardingPolicy",
     "Framing",
     "IPNetwork",
@@ -61,7 +62,16 @@ HOP_BY_HOP: Final = (
 # route matches), so the upstream must not see it.
 # HTTP2-Settings belongs to an h2c upgrade, which the proxy never performs
 # (RFC 9113 §3.2.1 calls it hop-by-hop).
-_REQUEST_DROP: Final = (*HOP_BY_HOP, "Expect", "X-Request-ID", "HTTP2-Settings")
+# X-Club-Force-Target is for the proxy alone (`proxy.core.decision`), trusted or not.
+_REQUEST_DROP: Final = (
+    *HOP_BY_HOP,
+    "Expect",
+    "X-Request-ID",
+    "HTTP2-Settings",
+    "X-Club-Force-Target",
+)
+# The response header naming the side that answered (routes.yaml `expose_target:`).
+TARGET_HEADER: Final = "X-Club-Target"
 # Only meaningful from a proxy we trust; from anyone else they are spoofing.
 # The first four the proxy sets itself; the rest name the client's address,
 # port, scheme, path prefix or certificate for an upstream that believes them
@@ -98,6 +108,7 @@ _BODILESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _TRUST_CACHE_SIZE: Final = 4096
 _CACHED_TOKENS_MAX: Final = 64
 _LOWER_HOP_BY_HOP: Final = frozenset(n.lower().encode() for n in HOP_BY_HOP)
+_LOWER_TARGET: Final = frozenset({TARGET_HEADER.lower().encode()})
 # Statuses whose answers have no body; aiohttp's server also drops their
 # Content-Length (`should_remove_content_length`), and so does the fast lane.
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
@@ -252,8 +263,12 @@ def _drop_requested(out: CIMultiDict[str], policy: ForwardingPolicy) -> None:
             out.popall(name, None)
 
 
-def response_headers(headers: CIMultiDictProxy[str], *, request_id: str) -> CIMultiDict[str]:
+def response_headers(
+    headers: CIMultiDictProxy[str], *, request_id: str, target: str | None = None
+) -> CIMultiDict[str]:
     """The upstream response headers minus hop-by-hop ones, plus the request id.
+
+    With a `target`, `X-Club-Target: <target>` too (replacing the upstream's).
 
     A stray `Content-Length` next to `Transfer-Encoding` is dropped: the body
     was de-chunked by the client and aiohttp re-frames it (RFC 9112 §6.3).
@@ -267,6 +282,8 @@ def response_headers(headers: CIMultiDictProxy[str], *, request_id: str) -> CIMu
     for name in HOP_BY_HOP:
         out.popall(name, None)
     out["X-Request-ID"] = request_id
+    if target is not None:
+        out[TARGET_HEADER] = target
     return out
 
 
@@ -469,7 +486,12 @@ class Framing(enum.Enum):
 
 
 def response_head(
-    message: RawResponseMessage, *, method: str, request_id: bytes, date: bytes
+    message: RawResponseMessage,
+    *,
+    method: str,
+    request_id: bytes,
+    date: bytes,
+    target: bytes | None = None,
 ) -> tuple[bytes, Framing]:
     """The answer head for the client as bytes, and how its body is framed.
 
@@ -486,6 +508,7 @@ def response_head(
         method=method,
         request_id=request_id,
         date=date,
+        target=target,
     )
 
 
@@ -498,6 +521,7 @@ def client_head(  # noqa: C901, PLR0912 - one pass over the headers, as upstream
     method: str,
     request_id: bytes,
     date: bytes,
+    target: bytes | None = None,
 ) -> tuple[bytes, Framing]:
     """The answer head for the client from the upstream's raw head, and its framing.
 
@@ -507,12 +531,16 @@ def client_head(  # noqa: C901, PLR0912 - one pass over the headers, as upstream
     1xx, 204 or 304 goes (as aiohttp's server drops it), `X-Request-ID`
     takes the place of the upstream's (or comes last), then
     `Transfer-Encoding: chunked` when no length is known and `Date` when the
-    upstream sent none. Names, values and order are kept as sent. The status
+    upstream sent none. With a `target`, the upstream's `X-Club-Target` goes
+    and `X-Club-Target: <target>` follows `X-Request-ID`. Names, values and
+    order are kept as sent. The status
     line is HTTP/1.1: only HTTP/1.1 clients get here (`proxy.fastlane.lane`).
     """
     drop = _LOWER_HOP_BY_HOP
     if b"connection" in names:
         drop = _dropped_by_connection(drop, names, raw)
+    if target is not None:
+        drop |= _LOWER_TARGET
     informational = code < 200  # noqa: PLR2004
     empty = method == "HEAD" or informational or code in _NO_BODY_STATUSES
     drop_length = b"transfer-encoding" in names or informational or code in _NO_BODY_STATUSES
@@ -536,6 +564,8 @@ def client_head(  # noqa: C901, PLR0912 - one pass over the headers, as upstream
         lines.append(b"%b: %b\r\n" % (name, value))
     if not has_id:
         lines.append(b"X-Request-ID: %b\r\n" % request_id)
+    if target is not None:
+        lines.append(b"X-Club-Target: %b\r\n" % target)
     if empty:
         framing = Framing.EMPTY
     elif has_length:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 
+from proxy.core.decision import exposes_target
 from proxy.core.headers import (
     Framing,
     request_id_from,
@@ -84,6 +85,7 @@ class LaneCall:
         "_rid",
         "_route",
         "_sent",
+        "_shown",
         "_start",
         "_tap",
         "_target",
@@ -109,6 +111,8 @@ class LaneCall:
         self._route = route
         self._target = target
         self._upstream = upstream
+        # `X-Club-Target`'s value when the answer shows it (`expose_target:`).
+        self._shown = target.encode() if exposes_target(decision) else None
         self._rid = request_id_from(message.headers.get("X-Request-ID"))
         self._start = perf_counter()
         self._pool = proxy.pools.acquire(upstream)
@@ -160,8 +164,11 @@ class LaneCall:
                     chunked=False,
                     read_timeout=self._timeout.sock_read,
                     # A HEAD answer has a length but no body: the parser knows.
-                    # A shadowed answer needs its headers parsed for the copy.
-                    plain=self._on_plain if method != "HEAD" and self._tap is None else None,
+                    # A shadowed answer needs its headers parsed for the copy,
+                    # one showing `X-Club-Target` its head built by `client_head`.
+                    plain=self._on_plain
+                    if method != "HEAD" and self._tap is None and self._shown is None
+                    else None,
                 )
             except ServerDisconnectedError:
                 exchange.release(reuse=False)  # lost while idle: connect instead
@@ -524,7 +531,11 @@ class LaneCall:
         if self._tap is not None:
             self._tap.started(message.code, message.headers.items())
         return response_head(
-            message, method=self._message.method, request_id=self._rid.encode(), date=http_date()
+            message,
+            method=self._message.method,
+            request_id=self._rid.encode(),
+            date=http_date(),
+            target=self._shown,
         )
 
     def _copy_headers(self) -> Iterable[tuple[str, str]]:

@@ -363,7 +363,7 @@ class FastLane(asyncio.Protocol):
             if sticky is not None and sticky.kind is StickyKind.COOKIE:
                 # Undecided: aiohttp's path reads the cookies and decides.
                 return "canary"
-        decision = decide(table, match, message.headers, _NO_COOKIES)
+        decision = decide(table, match, message.headers, _NO_COOKIES, proxy.policy, self.peer)
         if decision.target == NEW:
             self._decision = PendingDecision(method, target, decision)
             return "new"

@@ -46,6 +46,7 @@ SCHEMA_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _MATCH = re.compile(r"(?:(?P<methods>[^/]*?)\s+)?(?P<path>/\S*)")
+_BOOL = "tag:yaml.org,2002:bool"
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
@@ -59,12 +60,14 @@ class Document:
     routes: tuple[Route, ...]
     matcher: Matcher
     shadow_store: ShadowStore | None = None
+    expose_target: bool = False
 
 
 def parse_document(data: bytes, source: Path) -> Document:
     """Validate routes.yaml content read from `source` (which anchors relative paths)."""
     top = compose(data, source).mapping(
-        required=("version", "upstreams", "default"), optional=("new", "routes", "shadow_store")
+        required=("version", "upstreams", "default"),
+        optional=("new", "routes", "shadow_store", "expose_target"),
     )
     errors: list[RoutesError] = []
     with _collect(errors):
@@ -80,9 +83,13 @@ def parse_document(data: bytes, source: Path) -> Document:
     default = ""
     with _collect(errors):
         default = targets.check(top["default"])
+    expose = False
+    if "expose_target" in top:
+        with _collect(errors):
+            expose = _flag(top["expose_target"])
     routes: list[tuple[int, Route, Pattern]] = []
     if "routes" in top:
-        routes = _routes(top["routes"], targets, errors, source)
+        routes = _routes(top["routes"], targets, errors, source, expose=expose)
     matcher = None
     with _collect(errors):
         matcher = Matcher.build(routes, default=default, path=source)
@@ -99,6 +106,7 @@ def parse_document(data: bytes, source: Path) -> Document:
         routes=tuple(route for _, route, _ in routes),
         matcher=matcher,
         shadow_store=store,
+        expose_target=expose,
     )
 
 
@@ -251,14 +259,14 @@ def _new(node: Node, source: Path) -> NewTarget:
 
 
 def _routes(
-    node: Node, targets: _Targets, errors: list[RoutesError], source: Path
+    node: Node, targets: _Targets, errors: list[RoutesError], source: Path, *, expose: bool
 ) -> list[tuple[int, Route, Pattern]]:
     routes: list[tuple[int, Route, Pattern]] = []
     seen: dict[str, Route] = {}
     with _collect(errors):
         for index, item in enumerate(node.sequence()):
             with _collect(errors):
-                route, pattern = _route(item, targets, source)
+                route, pattern = _route(item, targets, source, expose=expose)
                 if (first := seen.get(route.id)) is not None:
                     msg = f"duplicate route id {route.id!r} (first at line {first.line})"
                     raise item.error(msg)
@@ -267,10 +275,11 @@ def _routes(
     return routes
 
 
-def _route(node: Node, targets: _Targets, source: Path) -> tuple[Route, Pattern]:
+def _route(node: Node, targets: _Targets, source: Path, *, expose: bool) -> tuple[Route, Pattern]:
+    """One route; `expose` is the file's `expose_target:`, which the route's own overrides."""
     spec = node.mapping(
         required=("id", "match", "to"),
-        optional=("canary", "timeouts", "request_buffering", "shadow", "capture"),
+        optional=("canary", "timeouts", "request_buffering", "shadow", "capture", "expose_target"),
     )
     route_id = spec["id"].string()
     if not _NAME.fullmatch(route_id):
@@ -283,6 +292,8 @@ def _route(node: Node, targets: _Targets, source: Path) -> tuple[Route, Pattern]
     buffering = _buffering(spec["request_buffering"]) if "request_buffering" in spec else None
     shadow = _shadow(spec["shadow"], to, methods, targets) if "shadow" in spec else None
     capture = _capture(spec["capture"], source) if "capture" in spec else None
+    if "expose_target" in spec:
+        expose = _flag(spec["expose_target"])
     route = Route(
         id=route_id,
         methods=methods,
@@ -294,6 +305,7 @@ def _route(node: Node, targets: _Targets, source: Path) -> tuple[Route, Pattern]
         shadow=shadow,
         capture=capture,
         line=node.line,
+        expose_target=expose,
     )
     return route, pattern
 
@@ -358,6 +370,14 @@ def _sticky(node: Node) -> Sticky:
 def _timeouts(node: Node) -> Timeouts:
     spec = node.mapping(optional=("connect", "read", "client_body", "send"))
     return Timeouts(**{key: value.duration() for key, value in spec.items()})
+
+
+def _flag(node: Node) -> bool:
+    """YAML's `true` or `false` (`on`/`off`, `yes`/`no` too, as YAML 1.1 reads them)."""
+    if node.raw.tag != _BOOL:
+        msg = "must be true or false"
+        raise node.error(msg)
+    return not node.is_false()
 
 
 def _buffering(node: Node) -> int:

@@ -180,6 +180,9 @@ class Route:
     shadow: Shadow | None = None
     capture: Capture | None = None
     line: int = 0  # where the route starts in routes.yaml, for messages
+    # Answers carry `X-Club-Target: <target>` (the route's `expose_target:`,
+    # else the file's top-level one).
+    expose_target: bool = False
     # Whether a request path must watch the answer (a shadow or a capture):
     # the one test routes without either pay.
     tapped: bool = field(init=False, default=False)

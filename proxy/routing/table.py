@@ -42,6 +42,9 @@ class RouteTable:
     digest: str  # sha256 hex of the file bytes
     _matcher: Matcher = field(repr=False, compare=False)
     shadow_store: ShadowStore | None = None
+    # The top-level `expose_target:`: answers of the `default` target carry
+    # `X-Club-Target` (each route carries its own `Route.expose_target`).
+    expose_target: bool = False
 
     def match(self, method: str, raw_path: str) -> RouteMatch:
         """Route a request: `raw_path` is ``request.raw_path`` without the query."""
@@ -77,6 +80,7 @@ class RouteTable:
             "new": _describe_new(self.new),
             "routes": [_describe_route(route) for route in self.routes],
             "shadow_store": _describe_store(self.shadow_store),
+            "expose_target": self.expose_target,
         }
 
 
@@ -103,6 +107,7 @@ def parse_routes(data: bytes, source: Path) -> RouteTable:
         digest=hashlib.sha256(data).hexdigest(),
         _matcher=document.matcher,
         shadow_store=document.shadow_store,
+        expose_target=document.expose_target,
     )
 
 
@@ -132,6 +137,7 @@ def _describe_route(route: Route) -> dict[str, Any]:
         "send": timeouts.send,
     }
     described["request_buffering"] = route.request_buffering
+    described["expose_target"] = route.expose_target
     if (shadow := route.shadow) is not None:
         described["shadow"] = _describe_shadow(shadow)
     return described

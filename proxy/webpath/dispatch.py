@@ -21,8 +21,8 @@ from aiohttp import WSCloseCode, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.core.decision import decide, take_decision
-from proxy.core.headers import request_id_from, upstream_request_headers
+from proxy.core.decision import decide, exposes_target, take_decision
+from proxy.core.headers import TARGET_HEADER, request_id_from, upstream_request_headers
 from proxy.core.send_deadline import set_send_timeout
 from proxy.core.state import CLIENT_CLOSED
 from proxy.routing.model import NEW, Upstream
@@ -69,6 +69,8 @@ class _Call:
     aborted: str | None = None
     # A copy of the answer for the route's shadow or capture (only on such a route).
     tap: PrimaryTap | None = None
+    # `X-Club-Target`'s value when the answer shows it (`expose_target:`).
+    shown: str | None = None
 
     def count_body(self) -> None:
         """Count the body bytes aiohttp writes for this request from now on."""
@@ -101,7 +103,7 @@ class WebPath:
         if decision is None:
             table = proxy.watcher.table
             match = table.match(method, target_bytes.partition("?")[0])
-            decision = decide(table, match, request.headers, request)
+            decision = decide(table, match, request.headers, request, proxy.policy, request.remote)
         route = decision.route
         upstream = decision.table.upstreams.get(decision.target)
         set_send_timeout(request.protocol, send_timeout(route, upstream))
@@ -114,6 +116,8 @@ class WebPath:
             target_bytes=target_bytes,
             start=perf_counter(),
         )
+        if exposes_target(decision):
+            call.shown = decision.target
         if route is not None and route.tapped and proxy.shadow is not None:
             call.tap = self._tap(call, decision)
         response: web.StreamResponse | None = None
@@ -154,6 +158,7 @@ class WebPath:
                 client_timeout=route_timeout(call.route, upstream),
                 route=call.route,
                 tap=call.tap,
+                shown=call.shown,
             )
         finally:
             proxy.pools.release(pool)
@@ -187,6 +192,8 @@ class WebPath:
         response = await inprocess.handle(request, headers=headers, request_id=call.rid)
         if not response.prepared:
             response.headers["X-Request-ID"] = call.rid
+            if call.shown is not None:
+                response.headers[TARGET_HEADER] = call.shown
         return response
 
     def _tap(self, call: _Call, decision: Decision) -> PrimaryTap | None:

@@ -51,6 +51,7 @@ async def forward(
     client_timeout: aiohttp.ClientTimeout | None = None,
     route: Route | None = None,
     tap: PrimaryTap | None = None,
+    shown: str | None = None,
 ) -> web.StreamResponse:
     """Send `request` to the upstream of `pool` and stream the answer back.
 
@@ -60,6 +61,7 @@ async def forward(
     `PassThroughResponse`, or an unprepared `ErrorResponse` when the upstream
     could not answer (or the client's body timed out: 408). `tap` gets a copy
     of the answer (a shadowed route); the caller tells it when the relay is over.
+    `shown`: the answer's `X-Club-Target` (routes.yaml `expose_target:`), or None.
 
     Long because it is every relayed request's path, kept in one frame.
     """
@@ -100,7 +102,7 @@ async def forward(
         response = PassThroughResponse(
             status=message.code,
             reason=message.reason,
-            headers=response_headers(message.headers, request_id=request_id),
+            headers=response_headers(message.headers, request_id=request_id, target=shown),
         )
         if tap is not None:
             tap.started(message.code, message.headers.items())
