@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from proxy.routing.model import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
     from pathlib import Path
 
 __all__ = ["SCHEMA_VERSION", "Document", "parse_document"]
@@ -389,20 +390,7 @@ def _buffering(node: Node) -> int:
 
 def _shadow(node: Node, to: str, methods: frozenset[str], targets: _Targets) -> Shadow:
     """A route's `shadow:`; every problem in it is reported, not only the first."""
-    spec = node.mapping(
-        required=("to",),
-        optional=(
-            "sample",
-            "sticky",
-            "ignore",
-            "unordered",
-            "noise",
-            "max_body",
-            "timeout",
-            "verdict",
-            "redact",
-        ),
-    )
+    spec = node.mapping(required=("to",), optional=tuple(_SHADOW_KEYS))
     errors: list[RoutesError] = []
     kwargs: dict[str, Any] = {}
     with _collect(errors):
@@ -415,17 +403,44 @@ def _shadow(node: Node, to: str, methods: frozenset[str], targets: _Targets) -> 
             listed = ", ".join(sorted(methods))
             msg = f"the route matches only {listed}: only GET, HEAD and OPTIONS are shadowed"
             raise node.error(msg)
-    for key, parse in _SHADOW_KEYS.items():
-        if key in spec:
-            with _collect(errors):
-                kwargs.update(parse(spec[key]))
+    with _collect(errors):
+        kwargs.update(_each(spec, _SHADOW_KEYS))
     if errors:
         raise RoutesError.collect(errors)
     return Shadow(**kwargs)
 
 
-def _share(key: str) -> Any:
-    def parse(node: Node) -> dict[str, float]:
+# A parser of one key's node into the keyword arguments it sets.
+_Parse = Callable[[Node], dict[str, Any]]
+
+
+def _each(spec: Mapping[str, Node], parsers: Mapping[str, _Parse]) -> dict[str, Any]:
+    """Every key of `spec` that `parsers` knows, parsed; all their problems, not the first."""
+    errors: list[RoutesError] = []
+    found: dict[str, Any] = {}
+    for key, parse in parsers.items():
+        if key in spec:
+            with _collect(errors):
+                found.update(parse(spec[key]))
+    if errors:
+        raise RoutesError.collect(errors)
+    return found
+
+
+def _items(node: Node, check: Callable[[Node], str]) -> list[str]:
+    """Each item of a sequence, checked; every bad item reported."""
+    values: list[str] = []
+    errors: list[RoutesError] = []
+    for item in node.sequence():
+        with _collect(errors):
+            values.append(check(item))
+    if errors:
+        raise RoutesError.collect(errors)
+    return values
+
+
+def _share(key: str) -> _Parse:
+    def parse(node: Node) -> dict[str, Any]:
         value = node.number()
         if not 0.0 <= value <= 1.0:
             msg = f"{key} must be between 0 and 1, not {value}"
@@ -435,98 +450,70 @@ def _share(key: str) -> Any:
     return parse
 
 
+def _json_path(item: Node) -> str:
+    text = item.string()
+    try:
+        parse_json_path(text)
+    except ValueError as exc:
+        raise item.error(str(exc)) from exc
+    return text
+
+
+def _header_name(item: Node) -> str:
+    name = item.string()
+    if not _TOKEN.fullmatch(name):
+        msg = f"invalid header name {name!r}"
+        raise item.error(msg)
+    return name.lower()
+
+
 def _json_paths(node: Node) -> tuple[str, ...]:
-    paths: list[str] = []
-    errors: list[RoutesError] = []
-    for item in node.sequence():
-        with _collect(errors):
-            text = item.string()
-            try:
-                parse_json_path(text)
-            except ValueError as exc:
-                raise item.error(str(exc)) from exc
-            paths.append(text)
-    if errors:
-        raise RoutesError.collect(errors)
-    return tuple(paths)
+    return tuple(_items(node, _json_path))
 
 
 def _header_names(node: Node) -> frozenset[str]:
-    names: set[str] = set()
-    errors: list[RoutesError] = []
-    for item in node.sequence():
-        with _collect(errors):
-            name = item.string()
-            if not _TOKEN.fullmatch(name):
-                msg = f"invalid header name {name!r}"
-                raise item.error(msg)
-            names.add(name.lower())
-    if errors:
-        raise RoutesError.collect(errors)
-    return frozenset(names)
+    return frozenset(_items(node, _header_name))
 
 
-def _ignore(node: Node) -> dict[str, Any]:
-    spec = node.mapping(optional=("headers", "json"))
-    errors: list[RoutesError] = []
-    found: dict[str, Any] = {}
-    with _collect(errors):
-        if "headers" in spec:
-            found["ignore_headers"] = _header_names(spec["headers"])
-    with _collect(errors):
-        if "json" in spec:
-            found["ignore_json"] = _json_paths(spec["json"])
-    if errors:
-        raise RoutesError.collect(errors)
-    return found
+def _sub(parsers: Mapping[str, _Parse]) -> _Parse:
+    """A nested mapping (`ignore:`, `redact:`, `verdict:`) of the keys `parsers` knows."""
+    return lambda node: _each(node.mapping(optional=tuple(parsers)), parsers)
 
 
-def _redact(node: Node) -> dict[str, Any]:
-    spec = node.mapping(optional=("headers", "json"))
-    errors: list[RoutesError] = []
-    found: dict[str, Any] = {}
-    with _collect(errors):
-        if "headers" in spec:
-            found["redact_headers"] = _header_names(spec["headers"])
-    with _collect(errors):
-        if "json" in spec:
-            found["redact_json"] = _json_paths(spec["json"])
-    if errors:
-        raise RoutesError.collect(errors)
-    return found
+def _verdict(node: Node) -> dict[str, Any]:
+    parsers: dict[str, _Parse] = {
+        "min_requests": lambda n: {"min_requests": _positive_int(n)},
+        "min_match": _share("min_match"),
+    }
+    return {"verdict": Verdict(**_sub(parsers)(node))}
 
 
-def _verdict(node: Node) -> dict[str, Verdict]:
-    spec = node.mapping(optional=("min_requests", "min_match"))
-    errors: list[RoutesError] = []
-    kwargs: dict[str, Any] = {}
-    with _collect(errors):
-        if "min_requests" in spec:
-            kwargs["min_requests"] = _positive_int(spec["min_requests"])
-    with _collect(errors):
-        if "min_match" in spec:
-            kwargs.update(_share("min_match")(spec["min_match"]))
-    if errors:
-        raise RoutesError.collect(errors)
-    return {"verdict": Verdict(**kwargs)}
-
-
-_SHADOW_KEYS: dict[str, Any] = {
+_SHADOW_KEYS: dict[str, _Parse] = {
     "sample": _share("sample"),
     "sticky": lambda node: {"sticky": _shadow_sticky(node)},
-    "ignore": _ignore,
+    "ignore": _sub(
+        {
+            "headers": lambda n: {"ignore_headers": _header_names(n)},
+            "json": lambda n: {"ignore_json": _json_paths(n)},
+        }
+    ),
     "unordered": lambda node: {"unordered": _json_paths(node)},
     "noise": _share("noise"),
     "max_body": lambda node: {"max_body": node.size()},
     "timeout": lambda node: {"timeout": node.duration()},
     "verdict": _verdict,
-    "redact": _redact,
+    "redact": _sub(
+        {
+            "headers": lambda n: {"redact_headers": _header_names(n)},
+            "json": lambda n: {"redact_json": _json_paths(n)},
+        }
+    ),
 }
 
 
 def _capture(node: Node, source: Path) -> Capture:
     """A route's `capture:`; every problem in it is reported, not only the first."""
-    spec = node.mapping(required=("file",), optional=("sample", "max_body", "max_size", "redact"))
+    spec = node.mapping(required=("file",), optional=tuple(_CAPTURE_KEYS))
     errors: list[RoutesError] = []
     kwargs: dict[str, Any] = {}
     with _collect(errors):
@@ -536,35 +523,15 @@ def _capture(node: Node, source: Path) -> Capture:
             raise spec["file"].error(msg)
         # Relative to the routes file, as new.config_dir.
         kwargs["file"] = (source.parent / text).resolve()
-    for key, parse in _CAPTURE_KEYS.items():
-        if key in spec:
-            with _collect(errors):
-                kwargs.update(parse(spec[key]))
+    with _collect(errors):
+        kwargs.update(_each(spec, _CAPTURE_KEYS))
     if errors:
         raise RoutesError.collect(errors)
     return Capture(**kwargs)
 
 
-def _capture_redact(node: Node) -> dict[str, Any]:
-    spec = node.mapping(optional=("headers", "query", "json"))
-    errors: list[RoutesError] = []
-    found: dict[str, Any] = {}
-    with _collect(errors):
-        if "headers" in spec:
-            found["redact_headers"] = _header_names(spec["headers"])
-    with _collect(errors):
-        if "query" in spec:
-            found["redact_query"] = frozenset(item.string() for item in spec["query"].sequence())
-    with _collect(errors):
-        if "json" in spec:
-            found["redact_json"] = _json_paths(spec["json"])
-    if errors:
-        raise RoutesError.collect(errors)
-    return found
-
-
-def _positive_size(key: str) -> Any:
-    def parse(node: Node) -> dict[str, int]:
+def _positive_size(key: str) -> _Parse:
+    def parse(node: Node) -> dict[str, Any]:
         size = node.size()
         if size <= 0:
             msg = f"{key} must be above zero"
@@ -574,11 +541,17 @@ def _positive_size(key: str) -> Any:
     return parse
 
 
-_CAPTURE_KEYS: dict[str, Any] = {
+_CAPTURE_KEYS: dict[str, _Parse] = {
     "sample": _share("sample"),
     "max_body": lambda node: {"max_body": node.size()},
     "max_size": _positive_size("max_size"),
-    "redact": _capture_redact,
+    "redact": _sub(
+        {
+            "headers": lambda n: {"redact_headers": _header_names(n)},
+            "query": lambda n: {"redact_query": frozenset(_items(n, lambda i: i.string()))},
+            "json": lambda n: {"redact_json": _json_paths(n)},
+        }
+    ),
 }
 
 

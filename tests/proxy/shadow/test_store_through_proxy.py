@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import logging
-import sys
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -36,6 +35,7 @@ from proxy.serving.app import create_app
 from tests.proxy.forward_support import RawClient, request, serve_proxy
 from tests.proxy.shadow.sides import Side
 from tests.proxy.shadow.test_live_shadow import SETTLE_TIMEOUT, Served
+from tests.proxy.test_cli import STARTUP, _wait_ready, club_proxy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 ROUTE = "items"
 TARGET = "/api/items"
-STARTUP = 30.0
 MIN_REQUESTS = 10
 OUTCOMES_SQL = "SELECT outcome, n FROM club_proxy_shadow.outcomes WHERE route_id = $1"
 
@@ -196,52 +195,10 @@ async def test_results_survive_a_proxy_restart(
     assert sum(n for _, _, _, n in second.book.outcome_counts()) == 5  # its own: the new five
 
 
-@contextlib.asynccontextmanager
-async def club_proxy(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`club-proxy run *args` as a process of its own; its stderr is shown if the test fails."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "run",
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield process
-    except BaseException:
-        if process.returncode is None:
-            process.kill()
-        assert process.stderr is not None
-        log = (await process.stderr.read()).decode(errors="replace")
-        print(f"club-proxy's stderr:\n{log}")  # noqa: T201 - shown by pytest on failure
-        raise
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
 async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
     async with session.get(url) as response:
         assert response.status == 200, await response.text()
         return await response.json()
-
-
-async def wait_ready(session: aiohttp.ClientSession, admin: str) -> None:
-    async def ready() -> bool:
-        try:
-            async with session.get(f"{admin}/-/ready") as response:
-                return response.status == 200
-        except aiohttp.ClientConnectionError:
-            return False
-
-    deadline = asyncio.get_running_loop().time() + STARTUP
-    while not await ready():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail("club-proxy did not get ready")
-        await asyncio.sleep(0.1)
 
 
 def _accounted(report: dict[str, Any]) -> int:
@@ -262,14 +219,14 @@ async def test_two_proxy_processes_on_one_store_give_one_verdict(
     routes = write_routes(tmp_path, legacy, candidate, store)
     here = await proxies.start(routes)
     port, admin_port = unused_tcp_port_factory(), unused_tcp_port_factory()
-    args = ("--routes", str(routes), "--port", str(port), "--admin-port", str(admin_port))
+    args = ("--port", str(port), "--admin-port", str(admin_port))
     admin = f"http://127.0.0.1:{admin_port}"
     limit = aiohttp.ClientTimeout(total=STARTUP)
     async with (
-        club_proxy(*args, "--shadow-dsn", pg_dsn, "--no-access-log"),
+        club_proxy(routes, *args, "--shadow-dsn", pg_dsn, "--no-access-log"),
         aiohttp.ClientSession(timeout=limit) as session,
     ):
-        await wait_ready(session, admin)
+        await _wait_ready(session, f"{admin}/-/ready")
         # Matching copies through both, then copies with a key renamed through both.
         await send(here.port, 6)
         await send(port, 3)
